@@ -1,0 +1,174 @@
+"""
+Immutable values describing what should run where.
+
+Everything here is a frozen attrs class: values are compared by content,
+hashable, and safe to share between the parser, the convergence logic and
+the SSH layer.  Validation of user input lives in ``flocker_async.config``;
+the validators here only guard the types so a programming error is caught
+where it is made.
+"""
+
+from __future__ import annotations
+
+from typing import FrozenSet, Mapping, Optional, Tuple
+
+from attrs import field, frozen, validators
+
+__all__ = [
+    "DockerImage",
+    "Port",
+    "Link",
+    "AttachedVolume",
+    "RestartPolicy",
+    "RESTART_NEVER",
+    "RESTART_ALWAYS",
+    "Application",
+    "Node",
+    "Deployment",
+]
+
+
+def _frozen_pairs(value) -> Tuple[Tuple[str, str], ...]:
+    """Turn a mapping (or pairs) into a sorted tuple of pairs."""
+    if isinstance(value, Mapping):
+        value = value.items()
+    return tuple(sorted((str(k), str(v)) for k, v in value))
+
+
+@frozen
+class DockerImage:
+    """A Docker image reference, ``repository[:tag]``."""
+
+    repository: str = field(validator=validators.instance_of(str))
+    tag: str = field(default="latest", validator=validators.instance_of(str))
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+    @classmethod
+    def from_string(cls, reference: str) -> "DockerImage":
+        """Split ``repo[:tag]``; a colon before the last slash is a port."""
+        slash = reference.rfind("/")
+        colon = reference.rfind(":")
+        if colon > slash:
+            return cls(repository=reference[:colon], tag=reference[colon + 1:])
+        return cls(repository=reference)
+
+    def __str__(self) -> str:
+        return self.full_name
+
+
+@frozen(order=True)
+class Port:
+    """A container port published on every node as ``external_port``."""
+
+    internal_port: int = field(validator=validators.instance_of(int))
+    external_port: int = field(validator=validators.instance_of(int))
+
+
+@frozen(order=True)
+class Link:
+    """
+    A link to another application: inside the container ``alias`` reaches
+    ``remote_port`` of the cluster through ``local_port``.
+    """
+
+    local_port: int = field(validator=validators.instance_of(int))
+    remote_port: int = field(validator=validators.instance_of(int))
+    alias: str = field(validator=validators.instance_of(str))
+
+
+@frozen
+class AttachedVolume:
+    """The application's data volume: where it is mounted, its size limit."""
+
+    mountpoint: str = field(validator=validators.instance_of(str))
+    maximum_size: Optional[int] = field(
+        default=None, validator=validators.optional(validators.instance_of(int))
+    )
+
+
+@frozen
+class RestartPolicy:
+    """Docker's restart policy: ``never``, ``always`` or ``on-failure``."""
+
+    name: str = field(validator=validators.in_(("never", "always", "on-failure")))
+    maximum_retry_count: Optional[int] = field(
+        default=None, validator=validators.optional(validators.instance_of(int))
+    )
+
+
+RESTART_NEVER = RestartPolicy("never")
+RESTART_ALWAYS = RestartPolicy("always")
+
+
+@frozen
+class Application:
+    """One container with its configuration and, optionally, its volume."""
+
+    name: str = field(validator=validators.instance_of(str))
+    image: DockerImage = field(validator=validators.instance_of(DockerImage))
+    ports: FrozenSet[Port] = field(default=frozenset(), converter=frozenset)
+    links: FrozenSet[Link] = field(default=frozenset(), converter=frozenset)
+    environment: Tuple[Tuple[str, str], ...] = field(
+        default=(), converter=_frozen_pairs
+    )
+    volume: Optional[AttachedVolume] = field(
+        default=None,
+        validator=validators.optional(validators.instance_of(AttachedVolume)),
+    )
+    mem_limit: Optional[int] = field(
+        default=None, validator=validators.optional(validators.instance_of(int))
+    )
+    cpu_shares: Optional[int] = field(
+        default=None, validator=validators.optional(validators.instance_of(int))
+    )
+    restart_policy: RestartPolicy = field(
+        default=RESTART_NEVER, validator=validators.instance_of(RestartPolicy)
+    )
+
+    @property
+    def environment_dict(self) -> dict:
+        return dict(self.environment)
+
+
+@frozen
+class Node:
+    """A host, named by address or host name, and what should run on it."""
+
+    hostname: str = field(validator=validators.instance_of(str))
+    applications: FrozenSet[Application] = field(
+        default=frozenset(), converter=frozenset
+    )
+
+    def application_named(self, name: str) -> Optional[Application]:
+        for app in self.applications:
+            if app.name == name:
+                return app
+        return None
+
+
+@frozen
+class Deployment:
+    """The desired state of the whole cluster."""
+
+    nodes: FrozenSet[Node] = field(default=frozenset(), converter=frozenset)
+
+    def node_named(self, hostname: str) -> Optional[Node]:
+        for node in self.nodes:
+            if node.hostname == hostname:
+                return node
+        return None
+
+    def applications(self):
+        """Every deployed application, with the node it runs on."""
+        for node in sorted(self.nodes, key=lambda n: n.hostname):
+            for app in sorted(node.applications, key=lambda a: a.name):
+                yield node, app
+
+    def node_for(self, application_name: str) -> Optional[Node]:
+        for node in self.nodes:
+            if node.application_named(application_name) is not None:
+                return node
+        return None
