@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import select
+import signal
 import subprocess
+import time
 import uuid
 
 PREFIX = "fat-"
@@ -75,8 +78,13 @@ class Lan:
         self.switch = unique_name("sw")
         self.hosts = []
         run(["ip", "netns", "add", self.switch])
-        netns_exec(self.switch, ["ip", "link", "add", "br0", "type", "bridge"])
-        netns_exec(self.switch, ["ip", "link", "set", "br0", "up"])
+        try:
+            netns_exec(self.switch,
+                       ["ip", "link", "add", "br0", "type", "bridge"])
+            netns_exec(self.switch, ["ip", "link", "set", "br0", "up"])
+        except BaseException:
+            self.close()
+            raise
 
     def address(self, index):
         return str(self.subnet.network_address + index)
@@ -100,6 +108,101 @@ class Lan:
         for name in self.hosts + [self.switch]:
             run(["ip", "netns", "del", name], check=False)
         self.hosts = []
+
+
+def netns_prefix(name):
+    """The argv prefix that runs a command inside namespace ``name``."""
+    return ("ip", "netns", "exec", name)
+
+
+def add_namespace(kind="ns"):
+    """A new, unconnected namespace (loopback up); delete_namespace() it."""
+    name = unique_name(kind)
+    run(["ip", "netns", "add", name])
+    try:
+        netns_exec(name, ["ip", "link", "set", "lo", "up"])
+    except BaseException:
+        delete_namespace(name)
+        raise
+    return name
+
+
+def delete_namespace(name):
+    run(["ip", "netns", "del", name], check=False)
+
+
+class NamespaceProcess:
+    """
+    A background process inside a namespace, talked to line by line.  Every
+    read has a deadline, and ``stop()`` (safe to call twice) kills it, so a
+    test that fails leaves nothing running.
+    """
+
+    def __init__(self, namespace, argv):
+        self.argv = list(netns_prefix(namespace)) + list(argv)
+        self._buffer = b""
+        self.process = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True)
+
+    def send_line(self, text):
+        self.process.stdin.write(text.encode("utf-8") + b"\n")
+        self.process.stdin.flush()
+
+    def poll_line(self, timeout):
+        """The next output line, or None if none arrives within timeout."""
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    if self._buffer:
+                        break
+                    return None
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def read_line(self, timeout):
+        """The next output line; a test failure naming the process if none."""
+        from twisted.trial.unittest import FailTest
+
+        line = self.poll_line(timeout)
+        if line is None:
+            raise FailTest(
+                "no output within %.1fs from %s (exit status %s, stderr %r)"
+                % (timeout, self.description(), self.process.poll(),
+                   self.stderr()))
+        return line
+
+    def description(self):
+        """The command line, with inline scripts shortened."""
+        return " ".join("<script>" if "\n" in word else word
+                        for word in self.argv)
+
+    def stderr(self):
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stderr.read().decode("utf-8", "replace")
+
+    def stop(self):
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=10)
+        for stream in (self.process.stdin, self.process.stdout,
+                       self.process.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 def remove_stale():
