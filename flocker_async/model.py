@@ -172,3 +172,85 @@ class Deployment:
             if node.application_named(application_name) is not None:
                 return node
         return None
+
+
+# --- what discovery finds ------------------------------------------------------
+
+
+@frozen
+class ApplicationState:
+    """A container this node runs (or ran) for an application."""
+
+    name: str
+    running: bool
+    digest: Optional[str] = None
+
+
+@frozen
+class VolumeState:
+    """
+    A copy of an application's volume on a node.  ``owner`` is the node
+    recorded as owner on this copy; the copy is the live one only when it
+    names its own node and is writable.
+    """
+
+    name: str
+    owner: Optional[str]
+    writable: bool
+    snapshots: Tuple[str, ...] = ()
+
+
+@frozen
+class NodeState:
+    """What one node holds and runs, as it reported."""
+
+    hostname: str
+    applications: FrozenSet[ApplicationState] = field(
+        default=frozenset(), converter=frozenset)
+    volumes: FrozenSet[VolumeState] = field(default=frozenset(), converter=frozenset)
+
+    def application(self, name: str) -> Optional[ApplicationState]:
+        for app in self.applications:
+            if app.name == name:
+                return app
+        return None
+
+    def volume(self, name: str) -> Optional[VolumeState]:
+        for volume in self.volumes:
+            if volume.name == name:
+                return volume
+        return None
+
+    def claims(self, name: str) -> bool:
+        """This node's copy of ``name`` says this node owns it."""
+        volume = self.volume(name)
+        return volume is not None and volume.owner == self.hostname
+
+
+@frozen
+class ClusterState:
+    """The last known state of every node."""
+
+    nodes: FrozenSet[NodeState] = field(default=frozenset(), converter=frozenset)
+
+    def node(self, hostname: str) -> Optional[NodeState]:
+        for node in self.nodes:
+            if node.hostname == hostname:
+                return node
+        return None
+
+    def with_node(self, state: NodeState) -> "ClusterState":
+        """A copy with ``state`` replacing what was known of its node."""
+        return ClusterState(
+            [n for n in self.nodes if n.hostname != state.hostname] + [state])
+
+    def owner_of(self, volume_name: str) -> Optional[str]:
+        """
+        The node holding the live copy of a volume: the one whose copy names
+        itself as owner, preferring a writable copy (during a handoff the
+        source's read-only copy still names the source until ``acquire``).
+        """
+        claimants = sorted(
+            (not n.volume(volume_name).writable, n.hostname)
+            for n in self.nodes if n.claims(volume_name))
+        return claimants[0][1] if claimants else None
