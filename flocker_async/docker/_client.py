@@ -343,6 +343,25 @@ class DockerClient:
                       digest=body["Labels"][DIGEST_LABEL])
         return await self._inspect(container_id)
 
+    def address(self, name):
+        return Deferred.fromCoroutine(self._address(name))
+
+    async def _address(self, name):
+        _, content = await self._request(
+            "GET", "/containers/%s/json" % (container_name(name),))
+        info = json.loads(content)
+        settings = info.get("NetworkSettings") or {}
+        address = settings.get("IPAddress") or ""
+        if not address:
+            for network in (settings.get("Networks") or {}).values():
+                address = (network or {}).get("IPAddress") or ""
+                if address:
+                    break
+        if not (info.get("State") or {}).get("Running") or not address:
+            raise DockerError("container %s is not running, so it has no address"
+                              % (container_name(name),), 409)
+        return address
+
     def stop(self, name, timeout=10):
         return Deferred.fromCoroutine(self._stop(name, timeout))
 

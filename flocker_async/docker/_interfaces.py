@@ -175,6 +175,14 @@ class IDockerClient(Interface):
         with status 409, an unknown one with 404.
         """
 
+    def address(name):
+        """
+        Fire with the IPv4 address of the application's running container
+        on the engine's bridge network (where the node itself reaches it,
+        bypassing the published ports).  A stopped container fails with
+        status 409, an unknown one with 404.
+        """
+
     def image_exists(image):
         """Fire with whether ``image`` (``DockerImage``) is present."""
 

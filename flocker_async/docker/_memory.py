@@ -115,6 +115,18 @@ class MemoryDockerClient:
     def _set_status(self, container: _Container, status: str):
         container.unit = evolve(container.unit, status=status)
 
+    def address(self, name):
+        container = self._lookup(name)
+        if container is None:
+            return self._no_such_container(name)
+        if not container.unit.running:
+            return fail(DockerError(
+                "container %s is not running, so it has no address"
+                % (container_name(name),), 409))
+        # Stable per container, from the bridge's range as Docker assigns.
+        index = int(container.container_id[:4], 16) % 250 + 2
+        return succeed("172.17.0.%d" % (index,))
+
     def stop(self, name, timeout=10):
         container = self._lookup(name)
         if container is None:

@@ -91,6 +91,22 @@ def make_idockerclient_tests(fixture):
             self.assertTrue(verifyObject(IDockerClient, self.client))
 
         @inlineCallbacks
+        def test_address(self):
+            """A running container has an IPv4 address; a stopped one none."""
+            import ipaddress
+            app = self.application()
+            yield self.client.add(app)
+            address = yield self.client.address(app.name)
+            self.assertEqual(ipaddress.ip_address(address).version, 4)
+            yield self.client.stop(app.name, timeout=1)
+            error = yield self.assertFailure(self.client.address(app.name),
+                                             DockerError)
+            self.assertEqual(error.status, 409)
+            error = yield self.assertFailure(self.client.address("no-such-app"),
+                                             DockerError)
+            self.assertEqual(error.status, 404)
+
+        @inlineCallbacks
         def test_list_empty(self):
             """An engine with no flocker containers lists none."""
             units = yield self.client.list()
