@@ -45,6 +45,7 @@ __all__ = [
     "parse_size",
     "load_configuration",
     "configuration_from_documents",
+    "configuration_from_objects",
     "applications_to_document",
     "deployment_to_document",
     "application_names",
@@ -859,8 +860,24 @@ def configuration_from_documents(
     document is then None).
     """
     dr, ar = _Report(deployment_file), _Report(application_file)
-    dep_doc = _read(dr, deployment)
-    app_doc = _read(ar, application)
+    return _validate(dr, ar, _read(dr, deployment), _read(ar, application),
+                     application_file, problems)
+
+
+def configuration_from_objects(
+        deployment: Any, application: Any,
+        deployment_file: str = "deployment", application_file: str = "application",
+) -> Deployment:
+    """
+    Like ``configuration_from_documents`` for documents already parsed
+    (JSON received by a node): the same rules, the same errors.
+    """
+    return _validate(_Report(deployment_file), _Report(application_file),
+                     deployment, application, application_file, ())
+
+
+def _validate(dr: _Report, ar: _Report, dep_doc, app_doc, application_file: str,
+              problems: Sequence[Problem]) -> Deployment:
     parsed = _parse_applications(ar, app_doc) if app_doc is not None else None
     nodes = _parse_deployment(dr, dep_doc) if dep_doc is not None else None
     deployment_model = None
@@ -869,7 +886,7 @@ def configuration_from_documents(
     problems = list(problems) + dr.problems + ar.problems
     if problems or deployment_model is None:
         raise ConfigurationError(problems or [
-            Problem(deployment_file, "", "no deployment could be read")])
+            Problem(dr.filename, "", "no deployment could be read")])
     return deployment_model
 
 

@@ -1,0 +1,831 @@
+"""
+Tests for flocker_async.ssh: a real conch server and client talking over
+loopback TCP inside one reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+
+from twisted.conch.error import ConchError
+from twisted.conch.ssh import connection as conch_connection
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.common import NS
+from twisted.internet import reactor
+from twisted.cred.credentials import ISSHPrivateKey
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from flocker_async import ssh
+from flocker_async.ssh import _client, _flow, _keys, _server
+from flocker_async.ssh import (
+    EXIT_NOT_PERMITTED, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, OPERATOR, PEER)
+
+from ..testtools.ssh import (
+    VERSION, SlowConsumer, SSHServerFixture, ZeroProducer, pattern)
+
+
+class PublicNamesTests(TestCase):
+    def test_reexports(self):
+        """The package's public names are the private modules' objects."""
+        self.assertIs(ssh.make_ssh_factory, _server.make_ssh_factory)
+        self.assertIs(ssh.SSHClient, _client.SSHClient)
+        self.assertIs(ssh.fingerprint, _keys.fingerprint)
+        for name in ssh.__all__:
+            self.assertTrue(hasattr(ssh, name), name)
+
+
+class KeyFileTests(TestCase):
+    def setUp(self):
+        self.directory = os.path.join(self.mktemp(), "state")
+
+    def test_node_keys_created_private(self):
+        """
+        First start creates both ed25519 keys, 0600 in a 0700 directory, with
+        .pub files; the second start loads the same keys.
+        """
+        keys = ssh.load_or_create_node_keys(self.directory)
+        self.assertEqual(stat.S_IMODE(os.stat(self.directory).st_mode), 0o700)
+        for name in (ssh.HOST_KEY_FILE, ssh.NODE_KEY_FILE):
+            path = os.path.join(self.directory, name)
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+            with open(path + ".pub") as f:
+                self.assertTrue(f.read().startswith("ssh-ed25519 AAAA"))
+        self.assertEqual(keys.host_key.type(), "Ed25519")
+        self.assertNotEqual(keys.host_key.public().blob(), keys.node_key.public().blob())
+        again = ssh.load_or_create_node_keys(self.directory)
+        self.assertEqual(again, keys)
+
+    def test_loose_permissions_tightened(self):
+        """A key file readable by others, in a loose directory, is tightened."""
+        keys = ssh.load_or_create_node_keys(self.directory)
+        path = os.path.join(self.directory, ssh.HOST_KEY_FILE)
+        os.chmod(path, 0o644)
+        os.chmod(self.directory, 0o755)
+        again = ssh.load_or_create_node_keys(self.directory)
+        self.assertEqual(again.host_key, keys.host_key)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(self.directory).st_mode), 0o700)
+
+    def test_garbage_key_file(self):
+        """A key file that is not a key is an error naming the file."""
+        os.makedirs(self.directory)
+        path = os.path.join(self.directory, ssh.HOST_KEY_FILE)
+        with open(path, "w") as f:
+            f.write("not a key\n")
+        os.chmod(path, 0o600)
+        e = self.assertRaises(ssh.KeyFileError, ssh.load_or_create_node_keys,
+                              self.directory)
+        self.assertIn(path, str(e))
+
+    def test_fingerprint_format(self):
+        """Fingerprints look like OpenSSH's: SHA256: and unpadded base64."""
+        key = ssh.generate_key()
+        self.assertRegex(ssh.fingerprint(key), r"^SHA256:[A-Za-z0-9+/]{43}$")
+        self.assertEqual(ssh.fingerprint(key), ssh.fingerprint(key.public()))
+
+    def test_parse_public_keys(self):
+        """authorized_keys text parses; a bad line is named by number."""
+        one, two = ssh.generate_key(), ssh.generate_key()
+        text = "# operators\n\n%s alice\n%s\n" % (
+            ssh.public_key_line(one), ssh.public_key_line(two))
+        parsed = ssh.parse_public_keys(text, "keys.txt")
+        self.assertEqual([k.blob() for k in parsed],
+                         [one.public().blob(), two.public().blob()])
+        e = self.assertRaises(ssh.KeyFileError, ssh.parse_public_keys,
+                              text + "ssh-ed25519 garbage\n", "keys.txt")
+        self.assertIn("keys.txt line 5", str(e))
+
+    def test_known_hosts_lines(self):
+        """
+        add_known_host writes OpenSSH's [host]:port form once; plain host
+        entries are honoured too; a different key is reported with its line.
+        """
+        path = os.path.join(self.mktemp())
+        key, other = ssh.generate_key(), ssh.generate_key()
+        self.assertFalse(ssh.check_known_host(path, "10.0.0.1", 4522, key).trusted)
+        ssh.add_known_host(path, "10.0.0.1", 4522, key)
+        ssh.add_known_host(path, "10.0.0.1", 4522, key)
+        with open(path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines, [ssh.known_hosts_line("10.0.0.1", 4522, key)])
+        self.assertTrue(lines[0].startswith("[10.0.0.1]:4522 ssh-ed25519 "))
+        self.assertTrue(ssh.check_known_host(path, "10.0.0.1", 4522, key).trusted)
+        status = ssh.check_known_host(path, "10.0.0.1", 4522, other)
+        self.assertEqual((status.trusted, status.conflicting_lines), (False, (1,)))
+        self.assertFalse(ssh.check_known_host(path, "10.0.0.2", 4522, key).trusted)
+        with open(path, "a") as f:
+            f.write("10.0.0.3 " + ssh.public_key_line(key) + "\n")
+        self.assertTrue(ssh.check_known_host(path, "10.0.0.3", 4522, key).trusted)
+        self.assertEqual(ssh.known_hosts_line("h", 22, key).split()[0], "h")
+
+    def test_key_authorizer(self):
+        """KeyAuthorizer maps keys to roles and follows set_keys at run time."""
+        operator, peer, stranger = (ssh.generate_key() for _ in range(3))
+        authorizer = ssh.KeyAuthorizer({OPERATOR: [operator.public()]})
+        self.assertEqual(authorizer(operator.public()), OPERATOR)
+        self.assertIsNone(authorizer(peer.public()))
+        authorizer.set_keys(PEER, [peer])
+        self.assertEqual(authorizer(peer.public()), PEER)
+        self.assertIsNone(authorizer(stranger.public()))
+
+
+class FlowTests(TestCase):
+    """InboundStream/OutboundStream without a network."""
+
+    class FakeConnection:
+        def __init__(self):
+            self.adjusted = []
+
+        def adjustWindow(self, channel, size):
+            self.adjusted.append(size)
+            channel.localWindowLeft += size
+
+    def make_channel(self, window=1000):
+        channel = SSHChannel(localWindow=window, localMaxPacket=100,
+                             conn=self.FakeConnection())
+        return channel
+
+    def test_window_reopens_only_for_consumed_bytes(self):
+        """
+        While the consumer is paused nothing is released; resuming delivers
+        the buffer and reopens the window by what was taken.
+        """
+        channel = self.make_channel()
+        stream = _flow.InboundStream(channel)
+        consumer = SlowConsumer(auto_resume=False)
+        stream.attach(consumer)
+        for offset in range(0, 800, 100):
+            channel.localWindowLeft -= 100
+            stream.data_received(pattern(offset, 100))
+        self.assertEqual(consumer.received, 100)
+        self.assertEqual(stream.buffered, 700)
+        self.assertEqual(channel.conn.adjusted, [])
+        while stream.buffered:
+            consumer.resume()
+        self.assertEqual(consumer.received, 800)
+        # Released in steps of at least a quarter window; never more than taken.
+        self.assertEqual(channel.conn.adjusted, [300, 300])
+        self.assertEqual(consumer.offset_errors, 0)
+
+    def test_eof_after_buffer_drained(self):
+        """End of input is reported after the buffered bytes are delivered."""
+        channel = self.make_channel()
+        stream = _flow.InboundStream(channel)
+        consumer = SlowConsumer(auto_resume=False)
+        done = stream.attach(consumer)
+        channel.localWindowLeft -= 20
+        stream.data_received(pattern(0, 10))
+        stream.data_received(pattern(10, 10))
+        stream.eof_received()
+        self.assertNoResult(done)
+        consumer.resume()
+        self.assertEqual(self.successResultOf(done), 20)
+        self.assertIsNone(consumer.producer)
+
+    def test_outbound_refuses_pull_producers(self):
+        """A pull producer cannot be paced by a window: refused loudly."""
+        stream = _flow.OutboundStream(self.make_channel())
+        self.assertRaises(TypeError, stream.registerProducer, object(), False)
+
+
+class SSHTestCase(TestCase):
+    window_size = ssh.DEFAULT_WINDOW_SIZE
+    max_packet = ssh.DEFAULT_MAX_PACKET
+
+    async def start_server(self, **kwargs):
+        kwargs.setdefault("window_size", self.window_size)
+        kwargs.setdefault("max_packet", self.max_packet)
+        self.server = await SSHServerFixture(self, self.mktemp_dir(), **kwargs).start()
+        return self.server
+
+    def mktemp_dir(self):
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+    async def assert_fails(self, d, exception_type):
+        try:
+            await d
+        except exception_type as e:
+            return e
+        self.fail("expected %s" % (exception_type.__name__,))
+
+
+class CommandTests(SSHTestCase):
+    async def test_version_for_both_roles(self):
+        """version runs for an operator and for a peer, with their roles."""
+        server = await self.start_server()
+        result = await server.run(["version"])
+        self.assertEqual((result.status, result.stdout, result.stderr), (0, VERSION, b""))
+        await server.run(["version"], key=server.peer_key)
+        self.assertEqual([(name, role) for name, role, _ in server.log.calls],
+                         [("version", OPERATOR), ("version", PEER)])
+        verifyObject(ssh.ICommandSession, server.log.sessions[0])
+        self.assertEqual(server.log.sessions[0].key_fingerprint,
+                         ssh.fingerprint(server.operator_key))
+
+    async def test_arguments_survive_quoting(self):
+        """Arguments with spaces and quotes arrive exactly as given."""
+        server = await self.start_server()
+        args = ["a b", "it's", '"x"', "$HOME", ""]
+        result = await server.run(["echo"] + args)
+        self.assertEqual(json.loads(result.stdout), {"role": OPERATOR, "args": args})
+
+    async def test_none_is_exit_zero(self):
+        """A command returning None exits 0."""
+        server = await self.start_server()
+        result = await server.run(["state"])
+        self.assertEqual((result.status, json.loads(result.stdout)),
+                         (0, {"role": OPERATOR}))
+
+    async def test_exit_statuses_propagate(self):
+        """Non-zero statuses reach the client with stderr and the host."""
+        server = await self.start_server()
+        for status in (1, 3, 255):
+            e = await self.assert_fails(server.run(["exit", str(status)]),
+                                        ssh.RemoteCommandFailed)
+            self.assertEqual(e.status, status)
+            self.assertEqual(e.result.stderr, b"exiting %d\n" % (status,))
+            self.assertIn("127.0.0.1:%d" % (server.port,), str(e))
+            self.assertIn("exit status %d" % (status,), str(e))
+
+    async def test_command_error(self):
+        """CommandError's message goes to stderr and its status is the exit status."""
+        server = await self.start_server()
+        e = await self.assert_fails(server.run(["fail", "vol1"]), ssh.RemoteCommandFailed)
+        self.assertEqual((e.status, e.result.stderr_text), (3, "no such volume: vol1"))
+
+    async def test_internal_error(self):
+        """An unexpected exception exits 1 with a message, and is logged."""
+        server = await self.start_server()
+        e = await self.assert_fails(server.run(["crash"]), ssh.RemoteCommandFailed)
+        self.assertEqual(e.status, 1)
+        self.assertIn("crash: internal error: divided by zero", e.result.stderr_text)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    async def test_unknown_command(self):
+        """An unknown command: message naming it and the allowed ones, status 127."""
+        server = await self.start_server()
+        e = await self.assert_fails(server.run(["rm", "-rf", "/"]),
+                                    ssh.RemoteCommandFailed)
+        self.assertEqual(e.status, EXIT_UNKNOWN_COMMAND)
+        self.assertIn("unknown command 'rm'", e.result.stderr_text)
+        self.assertIn("commands you may run: crash, echo, exit, fail, hang, produce, "
+                      "state, upper, version", e.result.stderr_text)
+        self.assertEqual(server.log.calls, [])
+
+    async def test_wrong_role(self):
+        """A peer may not run state; an operator may not run receive: status 126."""
+        server = await self.start_server()
+        e = await self.assert_fails(server.run(["state"], key=server.peer_key),
+                                    ssh.RemoteCommandFailed)
+        self.assertEqual(e.status, EXIT_NOT_PERMITTED)
+        self.assertIn("state: not permitted for the peer role", e.result.stderr_text)
+        e = await self.assert_fails(server.run(["receive", "v"]), ssh.RemoteCommandFailed)
+        self.assertEqual(e.status, EXIT_NOT_PERMITTED)
+        self.assertEqual(server.log.calls, [])
+
+    async def test_empty_command(self):
+        """exec of an empty (or blank) command line is refused with status 2."""
+        server = await self.start_server()
+        e = await self.assert_fails(server.run([]), ssh.RemoteCommandFailed)
+        self.assertEqual(e.status, EXIT_USAGE)
+        self.assertIn("no command given", e.result.stderr_text)
+        raw = await RawSession.open(self, server)
+        status, stderr = await raw.exec(b"   ")
+        self.assertEqual((status, b"no command given" in stderr), (EXIT_USAGE, True))
+
+    async def test_unparseable_command_line(self):
+        """Unbalanced quotes or invalid UTF-8 are refused with status 2."""
+        server = await self.start_server()
+        for line in (b"echo 'unbalanced", b"echo \xff"):
+            raw = await RawSession.open(self, server)
+            status, stderr = await raw.exec(line)
+            self.assertEqual(status, EXIT_USAGE)
+            self.assertIn(b"cannot parse the command line", stderr)
+        self.assertEqual(server.log.calls, [])
+
+    async def test_stdin_bytes(self):
+        """Small stdin given as bytes reaches read_stdin."""
+        server = await self.start_server()
+        result = await server.run(["upper"], stdin=b"desired state")
+        self.assertEqual(result.stdout, b"DESIRED STATE")
+
+    async def test_stdin_too_large(self):
+        """read_stdin refuses more than its limit."""
+        server = await self.start_server()
+        e = await self.assert_fails(server.run(["upper", "10"], stdin=b"x" * 100),
+                                    ssh.RemoteCommandFailed)
+        self.assertEqual(e.status, 1)
+        self.assertIn("stdin is larger than 10 bytes", e.result.stderr_text)
+        self.flushLoggedErrors(ssh.StdinTooLarge)
+
+    async def test_concurrent_connections(self):
+        """Twenty connections, each running commands at the same time."""
+        server = await self.start_server()
+
+        async def one(n):
+            connection = await server.connect()
+            results = await gatherResults([
+                Deferred.fromCoroutine(_await(connection.run(["echo", str(n), str(i)])))
+                for i in range(3)])
+            await connection.close()
+            return [json.loads(r.stdout)["args"] for r in results]
+        outputs = await gatherResults([Deferred.fromCoroutine(one(n)) for n in range(20)])
+        self.assertEqual(outputs, [[[str(n), str(i)] for i in range(3)]
+                                   for n in range(20)])
+        self.assertEqual(len(server.log.calls), 60)
+
+    async def test_connection_reuse(self):
+        """One connection runs several commands in turn."""
+        server = await self.start_server()
+        connection = await server.connect()
+        first = await connection.run(["version"])
+        second = await connection.run(["echo", "x"])
+        await self.assert_fails(connection.run(["exit", "4"]), ssh.RemoteCommandFailed)
+        third = await connection.run(["version"])
+        self.assertEqual((first.stdout, json.loads(second.stdout)["args"], third.stdout),
+                         (VERSION, ["x"], VERSION))
+        await connection.close()
+        e = await self.assert_fails(connection.run(["version"]), ssh.SSHError)
+        self.assertIn("closed", str(e))
+
+
+async def _await(d):
+    return await d
+
+
+class RawSession(SSHChannel):
+    """A session channel driven by hand, to send what our client never would."""
+
+    name = b"session"
+
+    def __init__(self, **kwargs):
+        SSHChannel.__init__(self, **kwargs)
+        self.opened = Deferred()
+        self.ended = Deferred()
+        self.status = None
+        self.stderr = b""
+        self.stdout = b""
+
+    @classmethod
+    async def open(cls, testcase, server, name=b"session", extra=b""):
+        connection = await server.connect()
+        channel = cls(conn=connection._conn)
+        channel.name = name
+        connection._conn.openChannel(channel, extra)
+        await channel.opened
+        return channel
+
+    def channelOpen(self, data):
+        self.opened.callback(self)
+
+    def openFailed(self, reason):
+        self.opened.errback(reason)
+
+    def request(self, kind, data=b""):
+        return self.conn.sendRequest(self, kind, data, wantReply=True)
+
+    async def exec(self, line):
+        await self.request(b"exec", NS(line))
+        self.conn.sendEOF(self)
+        await self.ended
+        return self.status, self.stderr
+
+    def dataReceived(self, data):
+        self.stdout += data
+
+    def extReceived(self, kind, data):
+        self.stderr += data
+
+    def request_exit_status(self, data):
+        self.status = struct.unpack(">L", data)[0]
+        return 1
+
+    def closed(self):
+        if not self.ended.called:
+            self.ended.callback(None)
+
+
+class RefusalTests(SSHTestCase):
+    """Everything but exec of a known command is refused."""
+
+    async def assert_request_refused(self, kind, data=b""):
+        server = await self.start_server()
+        channel = await RawSession.open(self, server)
+        await self.assert_fails(channel.request(kind, data), ConchError)
+        # The session still works afterwards: refusal is per request.
+        status, _ = await channel.exec(b"version")
+        self.assertEqual((status, channel.stdout), (0, VERSION))
+        return server
+
+    async def test_shell(self):
+        await self.assert_request_refused(b"shell")
+
+    async def test_pty(self):
+        await self.assert_request_refused(
+            b"pty-req", NS(b"xterm") + struct.pack(">4L", 80, 24, 0, 0) + NS(b""))
+
+    async def test_env(self):
+        await self.assert_request_refused(b"env", NS(b"LD_PRELOAD") + NS(b"/tmp/x.so"))
+
+    async def test_subsystem(self):
+        await self.assert_request_refused(b"subsystem", NS(b"sftp"))
+
+    async def test_x11_and_agent(self):
+        server = await self.assert_request_refused(b"auth-agent-req@openssh.com")
+        channel = await RawSession.open(self, server)
+        await self.assert_fails(channel.request(
+            b"x11-req", b"\x00" + NS(b"MIT-MAGIC-COOKIE-1") + NS(b"00") + b"\0\0\0\0"),
+            ConchError)
+
+    async def test_second_exec(self):
+        """A session runs one command; a second exec is refused."""
+        server = await self.start_server()
+        channel = await RawSession.open(self, server)
+        await channel.request(b"exec", NS(b"hang"))
+        await self.assert_fails(channel.request(b"exec", NS(b"version")), ConchError)
+        self.assertEqual([name for name, _, _ in server.log.calls], ["hang"])
+
+    async def forwarding_target(self):
+        """A listener that records any connection the server might make to it."""
+        accepted = []
+
+        class Recorder(Protocol):
+            def connectionMade(self):
+                accepted.append(self)
+        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Recorder))
+        self.addCleanup(listening.stopListening)
+        return listening.getHost().port, accepted
+
+    async def test_direct_tcpip(self):
+        """Local forwarding (-L): the channel open is prohibited, nothing connects."""
+        server = await self.start_server()
+        port, accepted = await self.forwarding_target()
+        extra = NS(b"127.0.0.1") + struct.pack(">L", port) + NS(b"127.0.0.1") + \
+            struct.pack(">L", 5555)
+        e = await self.assert_fails(
+            RawSession.open(self, server, name=b"direct-tcpip", extra=extra), ConchError)
+        self.assertEqual(e.data, conch_connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(accepted, [])
+
+    async def test_tcpip_forward(self):
+        """Remote forwarding (-R): the global request is refused, nothing listens."""
+        server = await self.start_server()
+        connection = await server.connect()
+        d = connection._conn.sendGlobalRequest(
+            b"tcpip-forward", NS(b"127.0.0.1") + struct.pack(">L", 0), wantReply=True)
+        await self.assert_fails(d, ConchError)
+        result = await connection.run(["version"])
+        self.assertEqual(result.stdout, VERSION)
+
+    async def test_unknown_channel_type(self):
+        server = await self.start_server()
+        e = await self.assert_fails(
+            RawSession.open(self, server, name=b"bogus@example.com"), ConchError)
+        self.assertEqual(e.data, conch_connection.OPEN_UNKNOWN_CHANNEL_TYPE)
+
+
+class PasswordOnlyAuth(_client._UserAuth):
+    """Tries a password (and keyboard-interactive) even though not offered."""
+
+    offered = []
+
+    def serviceStarted(self):
+        _client._UserAuth.serviceStarted(self)
+        self.askForAuth(b"password", b"\x00" + NS(b"hunter2"))
+        self.askForAuth(b"keyboard-interactive", NS(b"") + NS(b""))
+
+    def ssh_USERAUTH_FAILURE(self, packet):
+        self.offered.append(packet)
+        return _client._UserAuth.ssh_USERAUTH_FAILURE(self, packet)
+
+    def getPublicKey(self):
+        return None
+
+
+class AuthenticationTests(SSHTestCase):
+    async def test_unknown_key(self):
+        """A key the authorizer does not know is refused; the error names our key."""
+        server = await self.start_server()
+        e = await self.assert_fails(server.run(["version"], key=server.stranger_key),
+                                    ssh.AuthenticationRefused)
+        self.assertIn(ssh.fingerprint(server.stranger_key), str(e))
+        self.assertEqual(server.log.calls, [])
+
+    async def test_peer_keys_change_at_run_time(self):
+        """A key becomes a peer when the authorizer is told, and stops being one."""
+        server = await self.start_server()
+        server.authorizer.set_keys(PEER, [server.stranger_key])
+        result = await server.run(["version"], key=server.stranger_key)
+        self.assertEqual(result.stdout, VERSION)
+        await self.assert_fails(server.run(["version"], key=server.peer_key),
+                                ssh.AuthenticationRefused)
+
+    async def test_failing_authorizer_refuses(self):
+        """An authorizer that raises refuses the key (and the error is logged)."""
+        server = await self.start_server()
+
+        def broken(key):
+            raise RuntimeError("keys file unreadable")
+        checker = server.factory.portal.checkers[ISSHPrivateKey]
+        checker._authorizer = broken
+        await self.assert_fails(server.run(["version"]), ssh.AuthenticationRefused)
+        self.assertTrue(self.flushLoggedErrors(RuntimeError))
+
+    async def test_password_refused(self):
+        """
+        The server offers publickey only; password and keyboard-interactive
+        attempts fail and the client ends up refused.
+        """
+        server = await self.start_server()
+        client = server.client()
+        settings = client._settings
+        PasswordOnlyAuth.offered = []
+
+        class Transport(_client._ClientTransport):
+            userauth_class = PasswordOnlyAuth
+
+        factory = _client._ClientFactory(settings, "127.0.0.1", server.port)
+        factory.transport_class = Transport
+        transport = await TCP4ClientEndpoint(reactor, "127.0.0.1", server.port).connect(
+            factory)
+        await self.assert_fails(transport.ready, ssh.AuthenticationRefused)
+        self.assertTrue(PasswordOnlyAuth.offered)
+        for packet in PasswordOnlyAuth.offered:
+            self.assertEqual(packet, NS(b"publickey") + b"\x00")
+        self.assertEqual(server.log.calls, [])
+
+
+class HostKeyTests(SSHTestCase):
+    async def test_unknown_host_key(self):
+        """
+        A host missing from known_hosts is refused; the error shows the
+        fingerprint and the exact line that, once added, makes it work.
+        """
+        server = await self.start_server()
+        os.remove(server.known_hosts)
+        e = await self.assert_fails(server.run(["version"]), ssh.UnknownHostKey)
+        self.assertEqual(e.fingerprint, ssh.fingerprint(server.host_key))
+        self.assertIn(e.fingerprint, str(e))
+        self.assertIn(e.line, str(e))
+        self.assertIn(server.known_hosts, str(e))
+        self.assertEqual(server.log.calls, [])
+        self.assertFalse(os.path.exists(server.known_hosts), "never trusted silently")
+        with open(server.known_hosts, "w") as f:
+            f.write(e.line + "\n")
+        result = await server.run(["version"])
+        self.assertEqual(result.stdout, VERSION)
+
+    async def test_changed_host_key(self):
+        """A host whose key differs from known_hosts is refused, naming the line."""
+        server = await self.start_server()
+        impostor = ssh.generate_key()
+        with open(server.known_hosts, "w") as f:
+            f.write("# trusted nodes\n" + ssh.known_hosts_line("127.0.0.1", server.port,
+                                                              impostor) + "\n")
+        e = await self.assert_fails(server.run(["version"]), ssh.HostKeyMismatch)
+        self.assertEqual(e.lines, (2,))
+        self.assertIn("HOST KEY CHANGED", str(e))
+        self.assertIn(ssh.fingerprint(server.host_key), str(e))
+        self.assertIn("line 2", str(e))
+        self.assertEqual(server.log.calls, [])
+
+
+class StreamingTests(SSHTestCase):
+    """
+    Backpressure in both directions with a small window so a few MiB make
+    many windows: the sender is paused, and the bytes in flight between
+    producer and consumer never exceed one window plus one write.
+    """
+
+    window_size = 64 * 1024
+    max_packet = 16 * 1024
+    total = 3 * 1024 * 1024
+
+    async def test_stdin_backpressure(self):
+        """
+        A slow consumer of stdin on the server holds back the client's
+        producer; the server buffers at most one window.
+        """
+        server = await self.start_server()
+        producer = None
+        excess = []
+
+        def check():
+            consumer = server.log.consumers[0]
+            in_flight = producer.sent - consumer.received
+            if in_flight > self.window_size + producer.chunk + self.max_packet:
+                excess.append(in_flight)
+        # Slower than loopback by far, so an unbounded window would show.
+        server.log.stdin_consumer_factory = lambda: SlowConsumer(
+            check=check, resume_delay=0.002)
+        producer = ZeroProducer(self.total)
+        connection = await server.connect(key=server.peer_key)
+        result = await connection.run(["receive", "vol"], stdin_producer=producer)
+        self.assertEqual(result.stdout, b"%d\n" % (self.total,))
+        consumer = server.log.consumers[0]
+        self.assertEqual((consumer.received, consumer.offset_errors), (self.total, 0))
+        self.assertGreater(consumer.writes, 10)
+        self.assertGreater(producer.pauses, 10)
+        self.assertEqual(excess, [])
+        session = server.log.sessions[0]
+        self.assertLessEqual(session.stdin_max_buffered, self.window_size)
+
+    async def test_stdin_stalled_consumer(self):
+        """
+        A consumer that stops taking bytes stops the client: the sender
+        sends one window and waits, without the idle timeout firing.
+        """
+        server = await self.start_server()
+        server.log.stdin_consumer_factory = lambda: SlowConsumer(auto_resume=False)
+        producer = ZeroProducer(self.total)
+        connection = await server.connect(key=server.peer_key)
+        running = connection.run(["receive", "vol"], stdin_producer=producer)
+        await deferLater(reactor, 0.3, lambda: None)
+        consumer = server.log.consumers[0]
+        self.assertTrue(producer.paused)
+        self.assertLessEqual(producer.sent - consumer.received,
+                             self.window_size + producer.chunk + self.max_packet)
+        self.assertLessEqual(server.log.sessions[0].stdin_buffered, self.window_size)
+        sent = producer.sent
+        await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(producer.sent, sent)
+        consumer.auto_resume = True
+        consumer.resume()
+        result = await running
+        self.assertEqual(result.stdout, b"%d\n" % (self.total,))
+
+    async def test_stdout_backpressure(self):
+        """
+        A slow stdout consumer on the client pauses the server's producer;
+        the server's channel buffer stays at one write.
+        """
+        server = await self.start_server()
+        consumer = SlowConsumer(resume_delay=0.002)
+        excess = []
+
+        def check():
+            producer = server.log.producers[0]
+            in_flight = producer.sent - consumer.received
+            if in_flight > self.window_size + producer.chunk + self.max_packet:
+                excess.append(in_flight)
+        server.log.stdout_check = check
+        result = await server.run(["produce", str(self.total)], stdout_consumer=consumer)
+        self.assertIsNone(result.stdout)
+        self.assertEqual((consumer.received, consumer.offset_errors), (self.total, 0))
+        producer = server.log.producers[0]
+        self.assertGreater(producer.pauses, 10)
+        self.assertEqual(excess, [])
+        session = server.log.sessions[0]
+        self.assertGreater(session.stdout_pauses, 10)
+        self.assertLessEqual(session.stdout_max_buffered, producer.chunk)
+
+    async def test_stdout_stalled_consumer_is_not_idle(self):
+        """
+        While our consumer holds the stream paused, silence is not idleness:
+        the idle timeout does not fire, and the stream completes on resume.
+        """
+        server = await self.start_server()
+        clock = Clock()
+        consumer = SlowConsumer(auto_resume=False)
+        connection = await server.connect(idle_timeout=5, clock=clock)
+        running = connection.run(["produce", str(self.total)], stdout_consumer=consumer)
+        await deferLater(reactor, 0.2, lambda: None)
+        producer = server.log.producers[0]
+        self.assertTrue(producer.paused)
+        self.assertLessEqual(producer.sent - consumer.received,
+                             self.window_size + producer.chunk + self.max_packet)
+        clock.advance(60)
+        self.assertNoResult(running)
+        consumer.auto_resume = True
+        consumer.resume()
+        await running
+        self.assertEqual(consumer.received, self.total)
+
+    async def test_stdout_collected(self):
+        """Without a consumer, stdout is collected in full, or refused if too big."""
+        server = await self.start_server()
+        result = await server.run(["produce", "1000000"])
+        self.assertEqual(len(result.stdout), 1000000)
+        await self.assert_fails(
+            server.run(["produce", "1000000"], client_kwargs={"max_output": 1000}),
+            ssh.OutputTooLarge)
+
+
+class TimeoutTests(SSHTestCase):
+    async def test_connect_timeout(self):
+        """A server that accepts TCP but never speaks SSH times out; TCP is closed."""
+        lost = Deferred()
+        connected = Deferred()
+
+        class Silent(Protocol):
+            def connectionMade(self):
+                connected.callback(None)
+
+            def connectionLost(self, reason):
+                lost.callback(None)
+        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Silent))
+        self.addCleanup(listening.stopListening)
+        clock = Clock()
+        client = ssh.SSHClient(reactor, ssh.generate_key(), self.mktemp(),
+                               connect_timeout=5, clock=clock)
+        d = client.connect("127.0.0.1", listening.getHost().port)
+        await connected
+        clock.advance(4)
+        self.assertNoResult(d)
+        clock.advance(1)
+        e = await self.assert_fails(d, ssh.SSHTimeout)
+        self.assertEqual((e.phase, e.seconds), ("connect", 5))
+        self.assertIn("timed out after 5s connecting", str(e))
+        await lost
+
+    async def test_connection_refused(self):
+        """Nothing listening: ConnectFailed naming the host and port."""
+        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Protocol))
+        port = listening.getHost().port
+        await listening.stopListening()
+        client = ssh.SSHClient(reactor, ssh.generate_key(), self.mktemp())
+        e = await self.assert_fails(client.connect("127.0.0.1", port), ssh.ConnectFailed)
+        self.assertIn("127.0.0.1:%d" % (port,), str(e))
+
+    async def test_idle_timeout(self):
+        """
+        A command that goes silent is abandoned after the idle timeout, and
+        the server's command is cancelled when the channel closes.
+        """
+        server = await self.start_server()
+        clock = Clock()
+        connection = await server.connect(idle_timeout=10, clock=clock)
+        running = connection.run(["hang"])
+        await server.log.wait_started("hang")
+        clock.advance(9)
+        self.assertNoResult(running)
+        clock.advance(1)
+        e = await self.assert_fails(running, ssh.SSHTimeout)
+        self.assertEqual(e.phase, "idle")
+        self.assertIn("`hang`", str(e))
+        for _ in range(50):
+            if server.log.cancelled:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(server.log.cancelled, ["hang"])
+
+    async def test_activity_defers_idle_timeout(self):
+        """Traffic resets the idle clock; only silence counts."""
+        server = await self.start_server()
+        clock = Clock()
+        connection = await server.connect(idle_timeout=10, clock=clock)
+        running = connection.run(["hang"])
+        session = await server.log.wait_started("hang")
+        for _ in range(3):
+            clock.advance(6)
+            session.write(b"tick\n")
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertNoResult(running)
+        session.exit(0)
+        result = await running
+        self.assertEqual(result.stdout, b"tick\n" * 3)
+
+    async def test_cancel(self):
+        """Cancelling a running command closes its channel; the server cancels it."""
+        server = await self.start_server()
+        connection = await server.connect()
+        running = connection.run(["hang"])
+        await server.log.wait_started("hang")
+        running.cancel()
+        await self.assert_fails(running, CancelledError)
+        for _ in range(50):
+            if server.log.cancelled:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(server.log.cancelled, ["hang"])
+        result = await connection.run(["version"])
+        self.assertEqual(result.stdout, VERSION)
+
+    async def test_server_goes_away(self):
+        """A connection lost mid-command fails it, with the host named."""
+        server = await self.start_server()
+        connection = await server.connect()
+        running = connection.run(["hang"])
+        session = await server.log.wait_started("hang")
+        session.write_stderr("partial progress\n")
+        await deferLater(reactor, 0.05, lambda: None)
+        session._channel.conn.transport.transport.abortConnection()
+        e = await self.assert_fails(running, ssh.RemoteCommandFailed)
+        self.assertIsNone(e.status)
+        self.assertIn("closed before the command finished", str(e))
+        self.assertIn("partial progress", str(e))
+
