@@ -1,19 +1,370 @@
 """
-The flocker-node service: SSH listener, convergence loop, sd_notify.
+The flocker-node service: an SSH listener serving the fixed command set,
+and the convergence loop keeping the node as the last ``apply`` asked.
 
-This is the seam between ``tap.makeService`` (configuration loaded and
-validated) and the daemon itself, which is not wired yet.
+    FlockerNodeService (MultiService)
+      ├─ the SSH server (TCP, conch) ........ version state apply
+      │                                       snapshots receive acquire
+      └─ NodeConvergence ..................... on start, on apply, every
+                                               convergence_interval seconds
+
+What ``apply`` receives is persisted (atomically) before the node acts; on
+every start the daemon reloads it, rediscovers Docker, ZFS and iptables and
+converges, so a crashed container, wiped iptables rules or a restart of the
+daemon are mended without anyone running flocker-deploy.
 """
 
 from __future__ import annotations
 
-from twisted.application.service import IService
+import json
+import os
+from typing import Callable, Optional
 
-from ._config import NodeConfiguration
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
-__all__ = ["make_node_service"]
+from .. import __version__
+from ..changes import calculate_changes
+from ..config import NAME_PATTERN, ConfigurationError
+from ..ssh import (
+    OPERATOR,
+    PEER,
+    Command,
+    CommandError,
+    KeyAuthorizer,
+    make_ssh_factory,
+    public_key_line,
+)
+from ..volume import VolumeName, VolumeNotFound
+from ._config import NodeConfiguration, load_operator_keys
+from ._deployer import Deployer, resolve_ipv4
+from ._keys import load_node_keys
+from ._persist import DesiredStateStore, write_atomically
+from ._sdnotify import SystemdNotifier
+from ._wire import MAX_REQUEST_BYTES, decode_apply, encode_node_state
+
+__all__ = ["make_node_service", "NodeConvergence", "node_commands",
+           "FlockerNodeService"]
+
+log = Logger()
+
+PEERS_KNOWN_HOSTS = "peers_known_hosts"
 
 
-def make_node_service(configuration: NodeConfiguration) -> IService:
+class NodeConvergence(Service):
+    """
+    Converges the node towards the persisted desired state: once at start,
+    after every ``apply``, and every ``interval`` seconds.  One convergence
+    runs at a time; a periodic one is skipped while another runs.
+    """
+
+    def __init__(self, deployer: Deployer, store: DesiredStateStore, reactor,
+                 interval: float, authorizer: KeyAuthorizer, peers,
+                 known_hosts_path: str, periodic_handoff_timeout: float = 5.0,
+                 apply_handoff_timeout: float = 3600.0):
+        self.deployer = deployer
+        self.store = store
+        self.reactor = reactor
+        self.interval = interval
+        self.authorizer = authorizer
+        self.peers = peers
+        self.known_hosts_path = known_hosts_path
+        self.periodic_handoff_timeout = periodic_handoff_timeout
+        self.apply_handoff_timeout = apply_handoff_timeout
+        self.request = None
+        self.lock = defer.DeferredLock()
+        self._loop = None
+        self.last_error: Optional[str] = None
+
+    # --- the desired state ----------------------------------------------------
+
+    def load(self):
+        data = self.store.load()
+        if data is None:
+            log.info("no desired state yet; waiting for flocker-deploy")
+            return
+        try:
+            self._adopt(decode_apply(data, source=self.store.path))
+        except ConfigurationError as e:
+            # Never act on a file we cannot fully read.
+            log.error("ignoring unreadable desired state {path}: {problems}",
+                      path=self.store.path, problems=str(e))
+
+    def _adopt(self, request):
+        self.request = request
+        from twisted.conch.ssh import keys
+        peers = [p for p in request.peers if p.address != self.deployer.hostname]
+        self.authorizer.set_keys(PEER, [keys.Key.fromString(p.node_key.encode())
+                                        for p in peers])
+        lines = "".join("[%s]:%d %s\n" % (p.address, p.ssh_port, p.host_key)
+                        for p in peers)
+        write_atomically(self.known_hosts_path, lines.encode("ascii"))
+        if hasattr(self.peers, "ports"):
+            self.peers.ports = {p.address: p.ssh_port for p in peers}
+
+    # --- convergence ------------------------------------------------------------
+
+    def apply(self, data: bytes, emit: Callable[[dict], None]) -> Deferred:
+        """Validate, persist, then converge; fires when converged."""
+        request = decode_apply(data)
+        if request.node != self.deployer.hostname:
+            raise ConfigurationError([_problem(
+                "node", "this node is %s; the request is for %s"
+                % (self.deployer.hostname, request.node))])
+        self.store.save(data)
+        self._adopt(request)
+        log.info("apply {deploy_id}: desired state saved", deploy_id=request.deploy_id)
+        return self.lock.run(self._converge, emit, self.apply_handoff_timeout)
+
+    def converge_now(self) -> Deferred:
+        if self.lock.locked:
+            return defer.succeed(None)
+        d = self.lock.run(self._converge, None, self.periodic_handoff_timeout)
+
+        def report(failure):
+            message = failure.getErrorMessage()
+            if message != self.last_error:
+                log.failure("convergence failed: {message}", failure, message=message)
+            self.last_error = message
+        return d.addErrback(report)
+
+    async def _converge_coroutine(self, emit, handoff_timeout):
+        if self.request is None:
+            return
+        self.deployer.emit_event = emit or (lambda event: None)
+        self.deployer.handoff_timeout = handoff_timeout
+        try:
+            local = await self.deployer.discover()
+            cluster = self.request.cluster.with_node(local)
+            change = calculate_changes(self.deployer.hostname,
+                                       self.request.deployment, cluster,
+                                       self.deployer.digest)
+            await change.run(self.deployer)
+            self.last_error = None
+        finally:
+            self.deployer.emit_event = lambda event: None
+
+    def _converge(self, emit, handoff_timeout):
+        return Deferred.fromCoroutine(self._converge_coroutine(emit, handoff_timeout))
+
+    # --- service ------------------------------------------------------------------
+
+    def startService(self):
+        Service.startService(self)
+        self.load()
+        self._loop = LoopingCall(self.converge_now)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+
+def _problem(path, message):
+    from ..config import Problem
+    return Problem("apply", path, message)
+
+
+def _volume_argument(args) -> str:
+    if len(args) != 1 or not NAME_PATTERN.match(args[0]):
+        raise CommandError("usage: COMMAND VOLUME (a volume name: letters, digits, "
+                           "'-' and '_')", 2)
+    return args[0]
+
+
+def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
+    """The fixed command set (DESIGN.md) for this node."""
+    deployer = convergence.deployer
+
+    def version(role, args, session):
+        session.write(("flocker-node %s\n" % (__version__,)).encode())
+        return 0
+
+    async def state(role, args, session):
+        local = await deployer.discover()
+        snapshots = {}
+        for volume in local.volumes:
+            snapshots[volume.name] = [
+                s.name for s in await deployer.pool.snapshots(VolumeName(volume.name))]
+        routes = {name: {"ports": list(ports), "route": str(route)}
+                  for name, (ports, route) in sorted(deployer.routes.items())}
+        document = encode_node_state(local, snapshots, extra={
+            "ssh_port": ssh_port,
+            "mount_root": deployer.pool.mount_root,
+            "node_key": public_key_line(keys.node_key),
+            "host_key": public_key_line(keys.host_key),
+            "routes": routes,
+            "flocker_async": __version__,
+            "last_error": convergence.last_error,
+        })
+        session.write((json.dumps(document, sort_keys=True) + "\n").encode())
+        return 0
+
+    async def apply(role, args, session):
+        if args:
+            raise CommandError("usage: apply (the request on stdin)", 2)
+        data = await session.read_stdin(MAX_REQUEST_BYTES)
+
+        def emit(event):
+            session.write((json.dumps(event, sort_keys=True) + "\n").encode())
+        try:
+            await convergence.apply(data, emit)
+        except ConfigurationError as e:
+            emit({"result": "invalid", "node": deployer.hostname,
+                  "errors": [str(p) for p in e.problems]})
+            return 1
+        except Exception as e:
+            emit({"result": "failed", "node": deployer.hostname, "errors": [str(e)]})
+            return 1
+        emit({"result": "ok", "node": deployer.hostname})
+        return 0
+
+    async def snapshots(role, args, session):
+        name = _volume_argument(args)
+        try:
+            found = await deployer.pool.snapshots(VolumeName(name))
+        except VolumeNotFound:
+            found = []
+        session.write("".join(s.name + "\n" for s in found).encode("ascii"))
+        return 0
+
+    def receive(role, args, session):
+        name = _volume_argument(args)
+        receiver = deployer.pool.receive(VolumeName(name))
+
+        async def run():
+            try:
+                await session.stream_stdin(receiver)
+            except Exception:
+                receiver.abort()
+                raise
+            receiver.finish()
+            snapshot = await receiver.done
+            deployer.emit("received", name, snapshot=snapshot.name,
+                          bytes=receiver.bytes_received)
+            session.write(("received %s\n" % (snapshot,)).encode())
+            return 0
+
+        def cancel(_):
+            receiver.abort()
+        d = Deferred.fromCoroutine(run())
+        outer = Deferred(cancel)
+        d.chainDeferred(outer)
+        return outer.addErrback(_command_error)
+
+    async def acquire(role, args, session):
+        name = _volume_argument(args)
+        try:
+            await deployer.acquire(name)
+        except VolumeNotFound:
+            raise CommandError("this node holds no copy of volume %s to acquire"
+                               % (name,), 1)
+        session.write(("acquired %s\n" % (name,)).encode())
+        return 0
+
+    return {
+        "version": Command({OPERATOR, PEER}, version, "print the version"),
+        "state": Command({OPERATOR}, _coroutine(state), "this node's state as JSON"),
+        "apply": Command({OPERATOR}, _coroutine(apply),
+                         "converge to the request on stdin, streaming progress"),
+        "snapshots": Command({OPERATOR, PEER}, _coroutine(snapshots),
+                             "the snapshots this node holds of VOLUME"),
+        "receive": Command({PEER}, receive, "receive a send stream into VOLUME"),
+        "acquire": Command({PEER}, _coroutine(acquire), "become the owner of VOLUME"),
+    }
+
+
+def _command_error(failure):
+    if failure.check(CommandError):
+        return failure
+    raise CommandError(failure.getErrorMessage(), 1)
+
+
+def _coroutine(f):
+    def run(role, args, session):
+        return Deferred.fromCoroutine(f(role, args, session)).addErrback(_command_error)
+    return run
+
+
+class _Listener(Service):
+    def __init__(self, endpoint, factory, notifier: SystemdNotifier, address):
+        self.endpoint = endpoint
+        self.factory = factory
+        self.notifier = notifier
+        self.address = address
+        self.port = None
+
+    def startService(self):
+        Service.startService(self)
+
+        def listening(port):
+            self.port = port
+            log.info("listening for SSH on {address}", address=self.address)
+            self.notifier.ready("listening on %s" % (self.address,))
+
+        def failed(failure):
+            log.failure("cannot listen on {address}", failure, address=self.address)
+            from twisted.internet import reactor
+            reactor.stop()
+        return self.endpoint.listen(self.factory).addCallbacks(listening, failed)
+
+    def stopService(self):
+        Service.stopService(self)
+        self.notifier.stopping()
+        if self.port is not None:
+            return self.port.stopListening()
+
+
+class FlockerNodeService(MultiService):
+    pass
+
+
+def make_node_service(configuration: NodeConfiguration, reactor=None) -> IService:
     """The daemon's root service for ``configuration``."""
-    raise NotImplementedError("convergence service not wired yet")
+    if reactor is None:
+        from twisted.internet import reactor
+    from ..docker import DockerClient
+    from ..route import IPTablesNetwork
+    from ..volume import ZFSStoragePool
+    from ._ssh_peers import SSHPeers
+
+    state_directory = configuration.state_directory
+    keys = load_node_keys(state_directory)
+    operator_keys = (load_operator_keys(configuration.operator_keys)
+                     if os.path.exists(configuration.operator_keys) else ())
+    if not operator_keys:
+        log.warn("no operator keys in {path}: flocker-deploy cannot connect "
+                 "until keys are added there (then restart)",
+                 path=configuration.operator_keys)
+    authorizer = KeyAuthorizer({OPERATOR: operator_keys})
+    known_hosts = os.path.join(state_directory, PEERS_KNOWN_HOSTS)
+    if not os.path.exists(known_hosts):
+        write_atomically(known_hosts, b"")
+    address = configuration.address
+    docker = DockerClient(reactor, configuration.docker_socket)
+    pool = ZFSStoragePool(reactor, configuration.zfs.pool,
+                          configuration.zfs.mount_root, address)
+    network = IPTablesNetwork(reactor)
+    peers = SSHPeers(reactor, keys.node_key, known_hosts)
+    deployer = Deployer(address, docker, pool, network, peers, reactor,
+                        resolve=lambda host: resolve_ipv4(reactor, host),
+                        container_address=docker.address)
+    convergence = NodeConvergence(
+        deployer, DesiredStateStore(state_directory), reactor,
+        configuration.convergence_interval, authorizer, peers, known_hosts)
+    factory = make_ssh_factory(reactor, keys.host_key, authorizer,
+                               node_commands(convergence, keys, configuration.ssh_port))
+    listen = configuration.listen_address
+    endpoint_type = TCP6ServerEndpoint if ":" in listen else TCP4ServerEndpoint
+    endpoint = endpoint_type(reactor, configuration.ssh_port, interface=listen)
+    root = FlockerNodeService()
+    _Listener(endpoint, factory, SystemdNotifier(),
+              "%s:%d" % (listen, configuration.ssh_port)).setServiceParent(root)
+    convergence.setServiceParent(root)
+    return root

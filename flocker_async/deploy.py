@@ -1,0 +1,214 @@
+"""
+The operator's side of a deploy: gather every node's state over SSH, then
+send each node its ``apply`` at once and follow the progress they stream.
+
+Nothing is applied anywhere unless every node answered ``state``: a deploy
+that cannot see the whole cluster would decide moves on a partial picture.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import uuid
+from typing import Callable, Dict, List, Optional, Tuple
+
+from attrs import frozen
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+from twisted.internet.interfaces import IConsumer
+
+from .changes import calculate_changes
+from .config import ConfigurationError
+from .docker import configuration_digest
+from .model import ClusterState, Deployment, Node, NodeState
+from .node._wire import Peer, decode_node_state, encode_apply
+from .ssh import SSHClient, SSHError
+
+__all__ = ["NodeFailure", "DeployFailed", "NodeInfo", "gather", "apply_all",
+           "deploy", "dry_run"]
+
+
+@frozen
+class NodeFailure:
+    node: str
+    cause: str
+
+    def __str__(self):
+        return "%s: %s" % (self.node, self.cause)
+
+
+class DeployFailed(Exception):
+    def __init__(self, failures: List[NodeFailure]):
+        self.failures = failures
+        super().__init__("\n".join(str(f) for f in failures))
+
+
+@frozen
+class NodeInfo:
+    """What ``state`` told us about a node."""
+
+    name: str          # as the deployment file names it
+    address: str       # its configured address: its identity in the cluster
+    state: NodeState
+    peer: Peer
+    mount_root: Optional[str]
+    routes: dict
+
+
+def _resolve(reactor, name: str) -> Deferred:
+    try:
+        return defer.succeed(str(ipaddress.IPv4Address(name)))
+    except ValueError:
+        pass
+
+    def lookup():
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+        return infos[0][4][0]
+    return deferToThread(lookup)
+
+
+def _explain(error) -> str:
+    if isinstance(error, SSHError):
+        return str(error)
+    if isinstance(error, socket.gaierror):
+        return "cannot resolve the host name (%s)" % (error.strerror or error,)
+    return "%s: %s" % (type(error).__name__, error)
+
+
+async def _gather_one(client: SSHClient, reactor, name: str, port: int) -> NodeInfo:
+    address = await _resolve(reactor, name)
+    result = await client.run(address, port, ["state"])
+    try:
+        document = json.loads(result.stdout.decode("utf-8"))
+        state = decode_node_state(document, source="%s state" % (name,))
+        peer = Peer(state.hostname, int(document["ssh_port"]),
+                    document["node_key"], document["host_key"])
+    except (ValueError, KeyError, TypeError, ConfigurationError) as e:
+        raise ValueError("its state report is not valid: %s" % (e,))
+    return NodeInfo(name, state.hostname, state, peer,
+                    document.get("mount_root"), document.get("routes") or {})
+
+
+async def gather(reactor, client: SSHClient, deployment: Deployment,
+                 port: int) -> Dict[str, NodeInfo]:
+    """Every node's state, concurrently; ``DeployFailed`` names each node
+    that could not be asked."""
+    names = sorted(n.hostname for n in deployment.nodes)
+    results = await defer.DeferredList(
+        [Deferred.fromCoroutine(_gather_one(client, reactor, n, port)) for n in names],
+        consumeErrors=True)
+    infos, failures = {}, []
+    for name, (ok, value) in zip(names, results):
+        if ok:
+            infos[name] = value
+        else:
+            failures.append(NodeFailure(name, _explain(value.value)))
+    addresses = {}
+    for name, info in infos.items():
+        if info.address in addresses:
+            failures.append(NodeFailure(name, "is the same node as %s (address %s)"
+                                        % (addresses[info.address], info.address)))
+        addresses[info.address] = name
+    if failures:
+        raise DeployFailed(failures)
+    return infos
+
+
+def by_address(deployment: Deployment, infos: Dict[str, NodeInfo]) -> Deployment:
+    """The deployment with each node named by its address (nodes' identity)."""
+    return Deployment(nodes=[Node(infos[n.hostname].address, n.applications)
+                             for n in deployment.nodes])
+
+
+@implementer(IConsumer)
+class _Lines:
+    """Splits a node's ``apply`` output into JSON events."""
+
+    def __init__(self, on_event: Callable[[dict], None]):
+        self.on_event = on_event
+        self.buffer = b""
+        self.result = None
+        self.producer = None
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line.decode("utf-8"))
+            except ValueError:
+                event = {"action": "output", "message": line.decode("utf-8", "replace")}
+            if not isinstance(event, dict):
+                continue
+            if "result" in event:
+                self.result = event
+            self.on_event(event)
+
+
+async def _apply_one(client: SSHClient, info: NodeInfo, port: int, request: bytes,
+                     on_event) -> dict:
+    lines = _Lines(lambda event: on_event(info.name, event))
+    try:
+        await client.run(info.address, port, ["apply"], stdin=request,
+                         stdout_consumer=lines)
+    except SSHError as e:
+        if lines.result is not None and lines.result.get("errors"):
+            raise RuntimeError("; ".join(lines.result["errors"]))
+        raise
+    return lines.result or {"result": "ok"}
+
+
+async def apply_all(client: SSHClient, deployment: Deployment,
+                    infos: Dict[str, NodeInfo], port: int,
+                    on_event: Callable[[str, dict], None]) -> str:
+    """Send every node its ``apply`` at once; fires with the deploy id when
+    every node converged, or fails with ``DeployFailed``."""
+    deploy_id = uuid.uuid4().hex
+    desired = by_address(deployment, infos)
+    cluster = ClusterState([info.state for info in infos.values()])
+    peers = [info.peer for info in infos.values()]
+    names = sorted(infos)
+    results = await defer.DeferredList([
+        Deferred.fromCoroutine(_apply_one(
+            client, infos[n], port,
+            encode_apply(infos[n].address, deploy_id, desired, cluster, peers),
+            on_event))
+        for n in names], consumeErrors=True)
+    failures = [NodeFailure(n, _explain(v.value)) for n, (ok, v) in zip(names, results)
+                if not ok]
+    if failures:
+        raise DeployFailed(failures)
+    return deploy_id
+
+
+def dry_run(deployment: Deployment, infos: Dict[str, NodeInfo]) -> Dict[str, object]:
+    """Per node, the change a deploy would make now."""
+    desired = by_address(deployment, infos)
+    cluster = ClusterState([info.state for info in infos.values()])
+    changes = {}
+    for name, info in sorted(infos.items()):
+        root = (info.mount_root or "/flocker").rstrip("/")
+
+        def digest(app, root=root):
+            return configuration_digest(
+                app, "%s/%s" % (root, app.name) if app.volume is not None else None)
+        changes[name] = calculate_changes(info.address, desired, cluster, digest)
+    return changes
+
+
+async def deploy(reactor, client: SSHClient, deployment: Deployment, port: int,
+                 on_event: Callable[[str, dict], None]) -> str:
+    infos = await gather(reactor, client, deployment, port)
+    return await apply_all(client, deployment, infos, port, on_event)

@@ -1,0 +1,176 @@
+"""
+The node service end to end over real SSH (conch, loopback), with the
+in-memory backends: flocker-deploy's library gathers state and applies;
+nodes push volumes to each other with the peer commands.
+"""
+
+import json
+import os
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.trial.unittest import TestCase
+
+from flocker_async import deploy as deploy_lib
+from flocker_async.docker import MemoryDockerClient
+from flocker_async.model import (
+    Application,
+    AttachedVolume,
+    Deployment,
+    DockerImage,
+    Node,
+    Port,
+)
+from flocker_async.node._deployer import Deployer
+from flocker_async.node._persist import DesiredStateStore
+from flocker_async.node._ssh_peers import SSHPeers
+from flocker_async.node._wire import decode_apply
+from flocker_async.node.service import NodeConvergence, node_commands
+from flocker_async.route import MemoryNetwork, OpenPort, Proxy
+from flocker_async.ssh import (
+    OPERATOR,
+    KeyAuthorizer,
+    NodeKeys,
+    SSHClient,
+    generate_key,
+    make_ssh_factory,
+)
+from flocker_async.volume import MemoryStoragePool, VolumeName
+
+IMAGE = DockerImage("flocker-lab/busybox")
+# Proxies refuse loopback targets; the rules use these stand-ins.
+LAB_ADDRESS = {"127.0.0.2": "10.9.0.2", "127.0.0.3": "10.9.0.3"}
+WEB = Application(name="web", image=IMAGE, ports=[Port(80, 8080)],
+                  volume=AttachedVolume("/data"))
+
+
+class Node_:
+    """One in-process node on its own loopback address."""
+
+    def __init__(self, testcase, address, operator_key, port):
+        self.address = address
+        root = testcase.mktemp()
+        os.makedirs(root)
+        self.keys = NodeKeys(host_key=generate_key(), node_key=generate_key())
+        self.docker = MemoryDockerClient(images=[IMAGE])
+        self.pool = MemoryStoragePool(reactor, os.path.join(root, "pool"), address)
+        self.network = MemoryNetwork()
+        known_hosts = os.path.join(root, "peers_known_hosts")
+        self.peers = SSHPeers(reactor, self.keys.node_key, known_hosts)
+        self.deployer = Deployer(address, self.docker, self.pool, self.network,
+                                 self.peers, reactor, resolve=lambda host: defer.succeed(
+                                     LAB_ADDRESS[host]))
+        self.authorizer = KeyAuthorizer({OPERATOR: [operator_key]})
+        self.store = DesiredStateStore(os.path.join(root, "state"))
+        self.convergence = NodeConvergence(
+            self.deployer, self.store, reactor, 3600, self.authorizer,
+            self.peers, known_hosts)
+        factory = make_ssh_factory(reactor, self.keys.host_key, self.authorizer,
+                                   node_commands(self.convergence, self.keys, port))
+        self.factory = factory
+
+    @defer.inlineCallbacks
+    def listen(self, port):
+        self.port = yield TCP4ServerEndpoint(reactor, port, interface=self.address
+                                             ).listen(self.factory)
+        return self.port.getHost().port
+
+
+class NodeServiceTests(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.operator = generate_key()
+        self.nodes = {}
+        known_hosts = []
+        # One port for all nodes, as in a real cluster: each node has its
+        # own address.
+        self.port = free_port()
+        for address in ("127.0.0.2", "127.0.0.3"):
+            node = Node_(self, address, self.operator, self.port)
+            yield node.listen(self.port)
+            self.addCleanup(node.port.stopListening)
+            self.nodes[address] = node
+        for node in self.nodes.values():
+            known_hosts.append("[%s]:%d %s\n" % (
+                node.address, self.port,
+                node.keys.host_key.public().toString("openssh").decode()))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.writelines(known_hosts)
+        self.client = SSHClient(reactor, self.operator, path)
+        self.events = []
+
+    def deploy(self, placement):
+        deployment = Deployment(nodes=[Node(h, apps) for h, apps in placement.items()])
+        return Deferred_from(deploy_lib.deploy(
+            reactor, self.client, deployment, self.port,
+            lambda node, event: self.events.append((node, event))))
+
+    @defer.inlineCallbacks
+    def test_deploy_then_move_over_ssh(self):
+        a, b = "127.0.0.2", "127.0.0.3"
+        yield self.deploy({a: [WEB], b: []})
+        units = yield self.nodes[a].docker.list()
+        self.assertEqual([u.name for u in units], ["web"])
+        yield self.nodes[a].pool.write_file(VolumeName("web"), "rows", b"1\n2\n")
+        # The desired state was persisted before acting.
+        saved = decode_apply(self.nodes[b].store.load())
+        self.assertEqual(saved.deployment.node_for("web").hostname, a)
+
+        yield self.deploy({a: [], b: [WEB]})
+        self.assertEqual((yield self.nodes[a].docker.list()), frozenset())
+        self.assertEqual([u.name for u in (yield self.nodes[b].docker.list())], ["web"])
+        with open(os.path.join(self.nodes[b].deployer.volume_path("web"), "rows"),
+                  "rb") as f:
+            self.assertEqual(f.read(), b"1\n2\n")
+        state_a = yield self.nodes[a].network.get_state()
+        state_b = yield self.nodes[b].network.get_state()
+        self.assertEqual(state_a.proxies, frozenset([Proxy("web", 8080, LAB_ADDRESS[b])]))
+        self.assertEqual(state_b.open_ports, frozenset([OpenPort("web", 8080)]))
+        # Progress came back over SSH: the transfer events with bytes.
+        transfers = [e for n, e in self.events if e.get("action") == "transferred"]
+        self.assertTrue(transfers)
+        self.assertTrue(all(e["bytes"] > 0 for e in transfers))
+        results = [e for n, e in self.events if "result" in e]
+        self.assertEqual(sorted(e["result"] for e in results), ["ok"] * 4)
+
+    @defer.inlineCallbacks
+    def test_operator_cannot_receive(self):
+        """Peer commands are refused to the operator's key."""
+        from flocker_async.ssh import RemoteCommandFailed
+        error = yield self.assertFailure(
+            self.client.run("127.0.0.2", self.port, ["receive", "web"]),
+            RemoteCommandFailed)
+        self.assertEqual(error.result.status, 126)
+
+    @defer.inlineCallbacks
+    def test_invalid_apply_refused_and_nothing_saved(self):
+        from flocker_async.ssh import RemoteCommandFailed
+        error = yield self.assertFailure(
+            self.client.run("127.0.0.2", self.port, ["apply"],
+                            stdin=b'{"version": 1, "node": "127.0.0.2"}'),
+            RemoteCommandFailed)
+        self.assertEqual(error.result.status, 1)
+        last = json.loads(error.result.stdout.decode().splitlines()[-1])
+        self.assertEqual(last["result"], "invalid")
+        self.assertIsNone(self.nodes["127.0.0.2"].store.load())
+
+    @defer.inlineCallbacks
+    def test_unreachable_node_applies_nothing(self):
+        deployment = Deployment(nodes=[Node("127.0.0.2", [WEB]), Node("127.0.0.9", [])])
+        error = yield self.assertFailure(Deferred_from(deploy_lib.deploy(
+            reactor, self.client, deployment, self.port, lambda n, e: None)),
+            deploy_lib.DeployFailed)
+        self.assertEqual([f.node for f in error.failures], ["127.0.0.9"])
+        self.assertEqual((yield self.nodes["127.0.0.2"].docker.list()), frozenset())
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def Deferred_from(coroutine):
+    return defer.Deferred.fromCoroutine(coroutine)
