@@ -1,13 +1,15 @@
 """
 flocker-deploy: put applications on the nodes a deployment file names.
 
-    flocker-deploy --validate DEPLOYMENT APPLICATION
+    flocker-deploy [options] DEPLOYMENT_FILE APPLICATION_FILE
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import List, Optional, TextIO
+import time
+from typing import Dict, List, Optional, TextIO
 
 from twisted.python import usage
 
@@ -20,6 +22,10 @@ EXIT_NODE_FAILED = 2
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 
 
+def _default(variable: str, fallback: str) -> str:
+    return os.environ.get(variable) or fallback
+
+
 class DeployOptions(usage.Options):
     synopsis = "Usage: flocker-deploy [options] DEPLOYMENT_FILE APPLICATION_FILE"
     longdesc = (
@@ -28,13 +34,35 @@ class DeployOptions(usage.Options):
         "application file may also be in fig/compose form).  Both files are "
         "validated first and every problem is reported as "
         "FILE: KEY.PATH: message; nothing reaches a node unless both are "
-        "valid.  Exit status: 0 success, 1 invalid configuration, 2 a node "
-        "failed or could not be reached, 64 wrong usage.")
+        "valid and every node answers.  Then each node's flocker-node daemon "
+        "is sent the deployment over SSH, all at once, and progress is shown "
+        "per node.  An application moved to another node takes its volume "
+        "with it.  Exit status: 0 every node converged, 1 invalid "
+        "configuration or local set-up, 2 a node failed or could not be "
+        "reached, 64 wrong usage.")
 
     optFlags = [
         ["validate", None,
          "Only check both files and print a summary; contact no node."],
+        ["dry-run", None,
+         "Contact the nodes and print, per node, the changes a deploy would "
+         "make; change nothing."],
         ["version", None, "Print the version and exit."],
+    ]
+    optParameters = [
+        ["identity", "i", None,
+         "The operator's private key (default: $FLOCKER_IDENTITY, else "
+         "~/.ssh/id_ed25519).  Its public key must be in each node's "
+         "operator_keys file."],
+        ["known-hosts", None, None,
+         "The known_hosts file with the nodes' host keys (default: "
+         "$FLOCKER_KNOWN_HOSTS, else ~/.ssh/known_hosts).  An unknown node "
+         "key is refused, with its fingerprint and the line to add."],
+        ["port", None, None,
+         "The nodes' flocker-node SSH port (default: $FLOCKER_PORT, else 4522)."],
+        ["timeout", None, "3600",
+         "Seconds a node may go silent during a deploy before it counts as "
+         "failed."],
     ]
 
     def opt_version(self):
@@ -45,21 +73,46 @@ class DeployOptions(usage.Options):
         self["deployment_file"] = deployment_file
         self["application_file"] = application_file
 
+    def postOptions(self):
+        if self["validate"] and self["dry-run"]:
+            raise usage.UsageError("--validate and --dry-run exclude each other")
+        self["identity"] = self["identity"] or _default(
+            "FLOCKER_IDENTITY", os.path.expanduser("~/.ssh/id_ed25519"))
+        self["known-hosts"] = self["known-hosts"] or _default(
+            "FLOCKER_KNOWN_HOSTS", os.path.expanduser("~/.ssh/known_hosts"))
+        port = self["port"] or _default("FLOCKER_PORT", "4522")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise usage.UsageError("--port must be a port number from 1 to 65535, "
+                                   "got %r" % (port,))
+        self["port"] = int(port)
+        try:
+            self["timeout"] = float(self["timeout"])
+        except ValueError:
+            raise usage.UsageError("--timeout must be a number of seconds")
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be positive")
+
 
 def _plural(n: int, word: str) -> str:
     return "%d %s%s" % (n, word, "" if n == 1 else "s")
 
 
-def validate(options, out: TextIO, err: TextIO) -> int:
+def load(options, err: TextIO):
     try:
-        deployment = load_configuration(
-            options["deployment_file"], options["application_file"])
+        return load_configuration(options["deployment_file"],
+                                  options["application_file"])
     except ConfigurationError as e:
         for problem in e.problems:
             err.write("%s\n" % (problem,))
         err.write("%s in %s and %s; nothing was deployed.\n" % (
             _plural(len(e.problems), "problem"),
             options["deployment_file"], options["application_file"]))
+        return None
+
+
+def validate(options, out: TextIO, err: TextIO) -> int:
+    deployment = load(options, err)
+    if deployment is None:
         return EXIT_CONFIGURATION
     apps = sorted(app.name for _, app in deployment.applications())
     out.write("valid: %s (%s) on %s (%s)\n" % (
@@ -67,6 +120,176 @@ def validate(options, out: TextIO, err: TextIO) -> int:
         _plural(len(deployment.nodes), "node"),
         ", ".join(sorted(n.hostname for n in deployment.nodes)) or "none"))
     return EXIT_OK
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return ("%.0f %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1024.0
+
+
+def describe(event: dict) -> Optional[str]:
+    """One line for a progress event, or None for events not worth a line."""
+    action = event.get("action", "")
+    app = event.get("application", "")
+    if "result" in event:
+        if event["result"] == "ok":
+            return "converged"
+        return "%s: %s" % (event["result"], "; ".join(event.get("errors", [])))
+    if action == "transfer":
+        return None  # rendered with a rate by the progress display
+    if action in ("push", "final-push"):
+        return "%s volume %s to %s (%s)" % (
+            "pushing" if action == "push" else "final push of", app, event.get("to"),
+            "incremental" if event.get("incremental") else "full")
+    if action == "transferred":
+        return "sent %s of volume %s to %s" % (_size(event.get("bytes", 0)), app,
+                                               event.get("to"))
+    if action == "route":
+        return "%s: %s" % (app, event.get("route"))
+    if action == "problem" or action == "warning":
+        return "%s: %s" % (app, event.get("message"))
+    words = {
+        "create-volume": "creating volume", "make-writable": "making writable",
+        "pull-image": "checking image for", "start": "starting", "stop": "stopping",
+        "listening": "listening:", "wait-handoff": "waiting for the volume of",
+        "acquire": "handing over volume", "acquired": "took ownership of volume",
+        "handed-over": "handed over volume", "received": "received volume",
+        "unroute": "removed routes of",
+    }
+    return "%s %s" % (words.get(action, action), app)
+
+
+class Progress:
+    """Plain lines (not a terminal) or one live line per node (terminal)."""
+
+    def __init__(self, out: TextIO, nodes: List[str], live: bool, clock=time.monotonic):
+        self.out = out
+        self.nodes = nodes
+        self.live = live
+        self.clock = clock
+        self.current: Dict[str, str] = {n: "connecting" for n in nodes}
+        self.rates: Dict[tuple, tuple] = {}
+        self.drawn = False
+
+    def event(self, node: str, event: dict):
+        line = describe(event)
+        if event.get("action") == "transfer":
+            key = (node, event.get("application"), event.get("phase"))
+            now, done = self.clock(), event.get("bytes", 0)
+            previous = self.rates.get(key)
+            rate = ""
+            if previous and now > previous[0]:
+                rate = ", %.1f MB/s" % ((done - previous[1]) / (now - previous[0]) / 1e6,)
+            self.rates[key] = (now, done)
+            line = "sending volume %s to %s: %s%s" % (
+                event.get("application"), event.get("to"), _size(done), rate)
+            if not self.live:
+                self.out.write("%s: %s\n" % (node, line))
+                self.out.flush()
+                return
+        if line is None:
+            return
+        self.current[node] = line
+        if self.live:
+            self.redraw()
+        else:
+            self.out.write("%s: %s\n" % (node, line))
+            self.out.flush()
+
+    def redraw(self):
+        if self.drawn:
+            self.out.write("\x1b[%dA" % (len(self.nodes),))
+        width = 200
+        for node in self.nodes:
+            self.out.write("\x1b[2K%s: %s\n" % (node, self.current[node][:width]))
+        self.drawn = True
+        self.out.flush()
+
+
+def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> int:
+    deployment = load(options, err)
+    if deployment is None:
+        return EXIT_CONFIGURATION
+    from twisted.conch.ssh import keys
+    try:
+        identity = keys.Key.fromFile(options["identity"])
+    except FileNotFoundError:
+        err.write("flocker-deploy: no identity key at %s; give one with -i or "
+                  "$FLOCKER_IDENTITY\n" % (options["identity"],))
+        return EXIT_CONFIGURATION
+    except (keys.EncryptedKeyError, keys.PassphraseError):
+        err.write("flocker-deploy: the identity key %s is encrypted; use an "
+                  "unencrypted key for flocker-deploy\n" % (options["identity"],))
+        return EXIT_CONFIGURATION
+    except (OSError, keys.BadKeyError, ValueError) as e:
+        err.write("flocker-deploy: cannot read the identity key %s: %s\n"
+                  % (options["identity"], e))
+        return EXIT_CONFIGURATION
+    if not os.path.isfile(options["known-hosts"]):
+        err.write("flocker-deploy: no known_hosts file at %s; give one with "
+                  "--known-hosts or $FLOCKER_KNOWN_HOSTS\n" % (options["known-hosts"],))
+        return EXIT_CONFIGURATION
+
+    from twisted.internet import defer, task
+    from .. import deploy as deploy_lib
+    from ..ssh import SSHClient
+
+    nodes = sorted(n.hostname for n in deployment.nodes)
+    progress = Progress(out, nodes, live=out.isatty())
+    outcome = {"status": EXIT_OK}
+
+    async def main(reactor):
+        client = SSHClient(reactor, identity, options["known-hosts"],
+                           idle_timeout=options["timeout"])
+        try:
+            if dry:
+                infos = await deploy_lib.gather(reactor, client, deployment,
+                                                options["port"])
+                for name, change in deploy_lib.dry_run(deployment, infos).items():
+                    steps = _steps(change)
+                    out.write("%s (%s):\n" % (name, infos[name].address))
+                    for step in steps:
+                        out.write("  %s\n" % (step,))
+                return
+            await deploy_lib.deploy(reactor, client, deployment, options["port"],
+                                    progress.event)
+        except deploy_lib.DeployFailed as e:
+            for failure in e.failures:
+                err.write("flocker-deploy: node %s failed: %s\n" % (failure.node,
+                                                                     failure.cause))
+            outcome["status"] = EXIT_NODE_FAILED
+        except Exception as e:
+            err.write("flocker-deploy: deploy failed: %s: %s\n"
+                      % (type(e).__name__, e))
+            outcome["status"] = EXIT_NODE_FAILED
+
+    def run(reactor):
+        return defer.Deferred.fromCoroutine(main(reactor))
+
+    try:
+        if reactor is None:
+            task.react(lambda r: run(r))
+        else:
+            return run(reactor)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            err.write("flocker-deploy: deploy failed unexpectedly (exit %s)\n" % (e.code,))
+            return EXIT_NODE_FAILED
+    return outcome["status"]
+
+
+def _steps(change) -> List[str]:
+    from ..changes import InParallel, Sequentially, SetRoutes
+    if isinstance(change, (Sequentially, InParallel)):
+        result = []
+        for c in change.changes:
+            result.extend(_steps(c))
+        return result
+    if isinstance(change, SetRoutes):
+        return ["route %s %s" % (name, route) for name, _, route in change.routes]
+    return [change.summary]
 
 
 def main(argv: Optional[List[str]] = None, out: TextIO = None, err: TextIO = None) -> int:
@@ -79,11 +302,14 @@ def main(argv: Optional[List[str]] = None, out: TextIO = None, err: TextIO = Non
         err.write("flocker-deploy: %s\n%s\n" % (e, options.synopsis))
         err.write("Run flocker-deploy --help for the options.\n")
         return EXIT_USAGE
-    if options["validate"]:
-        return validate(options, out, err)
-    err.write("flocker-deploy: deploying to nodes is not available in this "
-              "version yet; use --validate to check the files.\n")
-    return EXIT_USAGE
+    try:
+        if options["validate"]:
+            return validate(options, out, err)
+        return run_deploy(options, out, err, dry=options["dry-run"])
+    except KeyboardInterrupt:
+        err.write("flocker-deploy: interrupted; nodes finish what they started "
+                  "and keep converging to what they last received\n")
+        return EXIT_NODE_FAILED
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ __all__ = [
     "load_operator_keys",
 ]
 
-DEFAULT_CONFIG_PATH = "/etc/flocker-async/node.yml"
+DEFAULT_CONFIG_PATH = "/etc/flocker/node.yml"
 DEFAULT_SSH_PORT = 4522
 DEFAULT_STATE_DIRECTORY = "/var/lib/flocker-async"
 DEFAULT_ZFS_POOL = "flocker"

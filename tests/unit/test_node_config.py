@@ -112,7 +112,7 @@ class DefaultsTests(TestCase):
                          NodeConfiguration(address="172.16.255.250"))
 
     def test_default_path(self):
-        self.assertEqual(DEFAULT_CONFIG_PATH, "/etc/flocker-async/node.yml")
+        self.assertEqual(DEFAULT_CONFIG_PATH, "/etc/flocker/node.yml")
 
 
 class AddressTests(ProblemsMixin, TestCase):

@@ -152,7 +152,7 @@ class OptionsTests(TestCase):
     def test_default(self):
         options = NodeOptions()
         options.parseOptions([])
-        self.assertEqual(options["config"], "/etc/flocker-async/node.yml")
+        self.assertEqual(options["config"], "/etc/flocker/node.yml")
 
     def test_config(self):
         for argv in (["--config", "/x.yml"], ["--config=/x.yml"], ["-c", "/x.yml"]):
