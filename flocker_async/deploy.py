@@ -26,7 +26,7 @@ from .config import ConfigurationError
 from .docker import configuration_digest
 from .model import ClusterState, Deployment, Node, NodeState
 from .node._wire import Peer, decode_node_state, encode_apply
-from .ssh import SSHClient, SSHError
+from .ssh import RemoteCommandFailed, SSHClient, SSHError
 
 __all__ = ["NodeFailure", "DeployFailed", "NodeInfo", "gather", "apply_all",
            "deploy", "dry_run"]
@@ -72,6 +72,8 @@ def _resolve(reactor, name: str) -> Deferred:
 
 
 def _explain(error) -> str:
+    if isinstance(error, RemoteCommandFailed) and error.result.stderr_text:
+        return error.result.stderr_text
     if isinstance(error, SSHError):
         return str(error)
     if isinstance(error, socket.gaierror):
@@ -172,10 +174,11 @@ async def _apply_one(client: SSHClient, info: NodeInfo, port: int, request: byte
 
 async def apply_all(client: SSHClient, deployment: Deployment,
                     infos: Dict[str, NodeInfo], port: int,
-                    on_event: Callable[[str, dict], None]) -> str:
+                    on_event: Callable[[str, dict], None],
+                    deploy_id: Optional[str] = None) -> str:
     """Send every node its ``apply`` at once; fires with the deploy id when
     every node converged, or fails with ``DeployFailed``."""
-    deploy_id = uuid.uuid4().hex
+    deploy_id = deploy_id or uuid.uuid4().hex
     desired = by_address(deployment, infos)
     cluster = ClusterState([info.state for info in infos.values()])
     peers = [info.peer for info in infos.values()]
@@ -208,7 +211,89 @@ def dry_run(deployment: Deployment, infos: Dict[str, NodeInfo]) -> Dict[str, obj
     return changes
 
 
+BUSY = 75  # the node's ``lease`` exit status while another deploy holds it
+
+
+def _sleep(reactor, seconds):
+    d = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def hold(reactor, client: SSHClient, name: str, address: str, port: int,
+               deploy_id: str, on_event, wait: float) -> Deferred:
+    """
+    Hold one node for this deploy (its ``lease`` command); fires with the
+    running command, whose cancellation releases the node.  While another
+    deploy holds the node, wait up to ``wait`` seconds.
+    """
+    deadline = reactor.seconds() + wait
+    told = False
+    while True:
+        granted = Deferred()
+        lines = _Lines(lambda event: granted.callback(None)
+                       if event.get("lease") == "granted" and not granted.called
+                       else None)
+        running = client.run(address, port, ["lease", deploy_id],
+                             stdout_consumer=lines)
+
+        def ended(result, granted=granted):
+            if not granted.called:
+                granted.errback(result)
+            return None
+        running.addBoth(ended)
+        try:
+            await granted
+            return running
+        except RemoteCommandFailed as e:
+            if e.result.status != BUSY or reactor.seconds() >= deadline:
+                if e.result.status == BUSY:
+                    raise RuntimeError(
+                        "still busy after %d s: %s" % (wait, e.result.stderr_text))
+                raise
+            if not told:
+                on_event(name, {"action": "waiting", "message": e.result.stderr_text})
+                told = True
+            await _sleep(reactor, 1.0)
+
+
+async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int,
+                   deploy_id: str, on_event, wait: float) -> List[Deferred]:
+    """Hold every node, one after the other in address order (so two
+    deploys never each hold a node the other waits for)."""
+    names = sorted(n.hostname for n in deployment.nodes)
+    results = await defer.DeferredList(
+        [_resolve(reactor, n) for n in names], consumeErrors=True)
+    failures = [NodeFailure(n, _explain(v.value)) for n, (ok, v) in zip(names, results)
+                if not ok]
+    if failures:
+        raise DeployFailed(failures)
+    held = []
+    try:
+        for address, name in sorted((v, n) for n, (ok, v) in zip(names, results)):
+            try:
+                held.append(await hold(reactor, client, name, address, port,
+                                       deploy_id, on_event, wait))
+            except Exception as e:
+                raise DeployFailed([NodeFailure(name, _explain(e))])
+    except BaseException:
+        release(held)
+        raise
+    return held
+
+
+def release(held: List[Deferred]) -> None:
+    for running in held:
+        running.cancel()
+
+
 async def deploy(reactor, client: SSHClient, deployment: Deployment, port: int,
-                 on_event: Callable[[str, dict], None]) -> str:
-    infos = await gather(reactor, client, deployment, port)
-    return await apply_all(client, deployment, infos, port, on_event)
+                 on_event: Callable[[str, dict], None], wait: float = 300.0) -> str:
+    """Hold every node, gather their states, apply everywhere, release."""
+    deploy_id = uuid.uuid4().hex
+    held = await hold_all(reactor, client, deployment, port, deploy_id, on_event, wait)
+    try:
+        infos = await gather(reactor, client, deployment, port)
+        return await apply_all(client, deployment, infos, port, on_event, deploy_id)
+    finally:
+        release(held)

@@ -148,6 +148,8 @@ def describe(event: dict) -> Optional[str]:
                                                event.get("to"))
     if action == "route":
         return "%s: %s" % (app, event.get("route"))
+    if action == "waiting":
+        return "waiting: %s" % (event.get("message"),)
     if action == "problem" or action == "warning":
         return "%s: %s" % (app, event.get("message"))
     words = {

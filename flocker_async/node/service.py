@@ -79,6 +79,9 @@ class NodeConvergence(Service):
         self.lock = defer.DeferredLock()
         self._loop = None
         self.last_error: Optional[str] = None
+        # The deploy holding this node (see the ``lease`` command): its id,
+        # who, and since when.
+        self.lease: Optional[dict] = None
 
     # --- the desired state ----------------------------------------------------
 
@@ -111,6 +114,10 @@ class NodeConvergence(Service):
     def apply(self, data: bytes, emit: Callable[[dict], None]) -> Deferred:
         """Validate, persist, then converge; fires when converged."""
         request = decode_apply(data)
+        if self.lease is not None and self.lease["deploy_id"] != request.deploy_id:
+            raise ConfigurationError([_problem(
+                "deploy_id", "this node is held by another deploy (%s); "
+                "nothing was changed" % (self.describe_lease(),))])
         if request.node != self.deployer.hostname:
             raise ConfigurationError([_problem(
                 "node", "this node is %s; the request is for %s"
@@ -119,6 +126,12 @@ class NodeConvergence(Service):
         self._adopt(request)
         log.info("apply {deploy_id}: desired state saved", deploy_id=request.deploy_id)
         return self.lock.run(self._converge, emit, self.apply_handoff_timeout)
+
+    def describe_lease(self) -> str:
+        lease = self.lease
+        return "deploy %s by key %s from %s, for %d s" % (
+            lease["deploy_id"], lease["key"], lease["peer"],
+            self.reactor.seconds() - lease["since"])
 
     def converge_now(self) -> Deferred:
         if self.lock.locked:
@@ -225,6 +238,36 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         emit({"result": "ok", "node": deployer.hostname})
         return 0
 
+    def lease(role, args, session):
+        if len(args) != 1 or not 0 < len(args[0]) <= 64 or not all(
+                c.isalnum() or c in "-_" for c in args[0]):
+            raise CommandError("usage: lease DEPLOY_ID", 2)
+        deploy_id = args[0]
+        current = convergence.lease
+        if current is not None and current["deploy_id"] != deploy_id:
+            raise CommandError("busy: this node is held by %s"
+                               % (convergence.describe_lease(),), 75)
+        peer = getattr(session.peer, "host", None) or str(session.peer)
+        mine = {"deploy_id": deploy_id, "key": session.key_fingerprint,
+                "peer": peer, "since": convergence.reactor.seconds()}
+        convergence.lease = mine
+        log.info("deploy {deploy_id} holds this node (key {key}, from {peer})",
+                 deploy_id=deploy_id, key=mine["key"], peer=peer)
+        session.write(b'{"lease": "granted"}\n')
+        # Held while the channel is open; a keepalive line keeps the
+        # client's idle timeout from firing on a long deploy.
+        keepalive = LoopingCall(session.write, b'{"lease": "held"}\n')
+        keepalive.clock = convergence.reactor
+        keepalive.start(10, now=False)
+
+        def release(_):
+            if keepalive.running:
+                keepalive.stop()
+            if convergence.lease is mine:
+                convergence.lease = None
+                log.info("deploy {deploy_id} released this node", deploy_id=deploy_id)
+        return Deferred(release)
+
     async def snapshots(role, args, session):
         name = _volume_argument(args)
         try:
@@ -273,6 +316,8 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         "state": Command({OPERATOR}, _coroutine(state), "this node's state as JSON"),
         "apply": Command({OPERATOR}, _coroutine(apply),
                          "converge to the request on stdin, streaming progress"),
+        "lease": Command({OPERATOR}, lease,
+                         "hold this node for DEPLOY_ID while the channel is open"),
         "snapshots": Command({OPERATOR, PEER}, _coroutine(snapshots),
                              "the snapshots this node holds of VOLUME"),
         "receive": Command({PEER}, receive, "receive a send stream into VOLUME"),

@@ -135,6 +135,41 @@ class NodeServiceTests(TestCase):
         self.assertEqual(sorted(e["result"] for e in results), ["ok"] * 4)
 
     @defer.inlineCallbacks
+    def test_concurrent_deploys_never_interleave(self):
+        """Two deploys at once: one holds the cluster, the other waits for
+        it, then applies; every node ends in the second one's state."""
+        a, b = "127.0.0.2", "127.0.0.3"
+        first = self.deploy({a: [WEB], b: []})
+        second = self.deploy({a: [], b: [WEB]})
+        yield defer.gatherResults([first, second])
+        waits = [e for n, e in self.events if e.get("action") == "waiting"]
+        self.assertTrue(waits)
+        self.assertIn("held by", waits[0]["message"])
+        on_a = [u.name for u in (yield self.nodes[a].docker.list())]
+        on_b = [u.name for u in (yield self.nodes[b].docker.list())]
+        self.assertEqual(sorted(on_a + on_b), ["web"])
+        for node in self.nodes.values():
+            yield wait_until(lambda: node.convergence.lease is None)
+            saved = decode_apply(node.store.load())
+            self.assertEqual(saved.deployment.node_for("web").hostname,
+                             a if on_a else b)
+
+    @defer.inlineCallbacks
+    def test_lease_refuses_other_deploy_apply(self):
+        """While a deploy holds a node, another deploy's apply is refused."""
+        node = self.nodes["127.0.0.2"]
+        node.convergence.lease = {"deploy_id": "other", "key": "SHA256:x",
+                                  "peer": "10.0.0.9", "since": reactor.seconds()}
+        deployment = Deployment(nodes=[Node("127.0.0.2", [WEB])])
+        infos = yield Deferred_from(deploy_lib.gather(
+            reactor, self.client, deployment, self.port))
+        error = yield self.assertFailure(Deferred_from(deploy_lib.apply_all(
+            self.client, deployment, infos, self.port, lambda n, e: None)),
+            deploy_lib.DeployFailed)
+        self.assertIn("held by another deploy (deploy other", str(error))
+        self.assertEqual((yield node.docker.list()), frozenset())
+
+    @defer.inlineCallbacks
     def test_operator_cannot_receive(self):
         """Peer commands are refused to the operator's key."""
         from flocker_async.ssh import RemoteCommandFailed
@@ -163,6 +198,17 @@ class NodeServiceTests(TestCase):
             deploy_lib.DeployFailed)
         self.assertEqual([f.node for f in error.failures], ["127.0.0.9"])
         self.assertEqual((yield self.nodes["127.0.0.2"].docker.list()), frozenset())
+
+
+@defer.inlineCallbacks
+def wait_until(predicate, timeout=10.0):
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in %s s" % (timeout,))
+        d = defer.Deferred()
+        reactor.callLater(0.05, d.callback, None)
+        yield d
 
 
 def free_port():
