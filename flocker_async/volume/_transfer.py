@@ -1,0 +1,32 @@
+"""Copying a snapshot from one pool to another in one process."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.defer import inlineCallbacks
+
+from ._interfaces import IStoragePool, Snapshot, VolumeName
+
+__all__ = ["copy_snapshot"]
+
+
+@inlineCallbacks
+def copy_snapshot(source: IStoragePool, snapshot: Snapshot,
+                  target: IStoragePool, base: Optional[Snapshot] = None,
+                  name: Optional[VolumeName] = None):
+    """
+    Send ``snapshot`` (incremental from ``base`` if given) from ``source``
+    straight into a receive on ``target`` (into ``name``, by default the
+    same volume name), with backpressure end to end.  Fires with the
+    target's newest ``Snapshot``, or fails with the receive's
+    ``ReceiveFailed`` (which names the send failure that caused it, if any).
+    """
+    receiver = target.receive(name or snapshot.volume)
+    stream = source.send(snapshot, receiver, base)
+    # The end of the send is the end of the stream; a failed send cuts it.
+    stream.done.addCallbacks(lambda _: receiver.finish(), receiver.abort)
+    # Settle the send side before reporting; its failure is in the receive's.
+    yield stream.done.addErrback(lambda _: None)
+    received = yield receiver.done
+    return received

@@ -1,0 +1,808 @@
+"""
+The one contract suite for ``IStoragePool``: run against MemoryStoragePool
+in tests/unit and against ZFSStoragePool on real zfs-fuse pools in
+tests/functional.  A fake that passes this is trusted by the convergence
+tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Callable
+
+from attrs import frozen
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from flocker_async.volume import (
+    IReceiveStream,
+    ISendStream,
+    IStoragePool,
+    IVolume,
+    InvalidName,
+    ReceiveFailed,
+    SendFailed,
+    Snapshot,
+    SnapshotExists,
+    VolumeExists,
+    VolumeName,
+    VolumeNotFound,
+    copy_snapshot,
+)
+
+
+@frozen
+class StoragePoolFixture:
+    """
+    ``make_pool(test_case, node_id)`` returns a new, empty pool (cleaned up
+    with the test); ``reopen(pool)`` a new pool object over the same
+    storage, as after a restart; ``write_file(pool, name, path, data)``
+    writes into a volume as an application would (raising ``OSError``).
+    """
+
+    make_pool: Callable
+    reopen: Callable
+    write_file: Callable
+
+
+def read_tree(root: str) -> dict:
+    """Relative path -> file bytes (or ``None`` for a directory)."""
+    contents = {}
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(directory, name)
+            contents[os.path.relpath(path, root)] = None
+        for name in filenames:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                contents[os.path.relpath(path, root)] = f.read()
+    return contents
+
+
+@implementer(IConsumer)
+class CollectingConsumer:
+    """Keeps what it is given; records its producer's life cycle."""
+
+    def __init__(self):
+        self.chunks = []
+        self.producer = None
+        self.streaming = None
+        self.registered = 0
+        self.unregistered = 0
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+        self.streaming = streaming
+        self.registered += 1
+
+    def unregisterProducer(self):
+        self.producer = None
+        self.unregistered += 1
+
+    def write(self, data):
+        self.chunks.append(data)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class PausingConsumer(CollectingConsumer):
+    """Pauses its producer after every write and resumes it a bit later;
+    counts any write that arrives while it is paused."""
+
+    def __init__(self):
+        super().__init__()
+        self.paused = False
+        self.writes_while_paused = 0
+        self.pauses = 0
+
+    def write(self, data):
+        if self.paused:
+            self.writes_while_paused += 1
+        super().write(data)
+        if self.producer is not None and not self.paused:
+            self.paused = True
+            self.pauses += 1
+            self.producer.pauseProducing()
+            reactor.callLater(0.001, self._resume)
+
+    def _resume(self):
+        self.paused = False
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+class StoppingConsumer(CollectingConsumer):
+    """Stops its producer after the first write."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes_after_stop = 0
+        self.stopped = False
+
+    def write(self, data):
+        if self.stopped:
+            self.writes_after_stop += 1
+        super().write(data)
+        if not self.stopped and self.producer is not None:
+            self.stopped = True
+            self.producer.stopProducing()
+
+
+@implementer(IConsumer)
+class DyingSender:
+    """
+    Passes a stream on to a receiver, but after the first write stops the
+    producer: the sending side dies half way through the stream.
+    """
+
+    def __init__(self, receiver):
+        self.receiver = receiver
+        self.producer = None
+        self.killed = False
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+        self.receiver.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self.producer = None
+        self.receiver.unregisterProducer()
+
+    def write(self, data):
+        if self.killed:
+            return
+        # Half of the first chunk: never a complete stream, however big
+        # the chunks are.
+        self.receiver.write(data[:len(data) // 2])
+        self.killed = True
+        self.producer.stopProducing()
+
+
+def make_istoragepool_tests(fixture: StoragePoolFixture):
+    """A TestCase class checking an IStoragePool implementation."""
+
+    class IStoragePoolTests(TestCase):
+        def setUp(self):
+            self.pool = fixture.make_pool(self, "node-a")
+            self.name = VolumeName("mysql")
+
+        def other_pool(self, node_id="node-b"):
+            return fixture.make_pool(self, node_id)
+
+        def write(self, pool, path, data, name=None):
+            fixture.write_file(pool, name or self.name, path, data)
+
+        @inlineCallbacks
+        def volume_with_data(self, pool=None):
+            pool = pool or self.pool
+            volume = yield pool.create(self.name)
+            self.write(pool, "data.bin", os.urandom(200 * 1024))
+            self.write(pool, "sub/dir/note.txt", b"hello")
+            self.write(pool, "gone.txt", b"to be deleted")
+            return volume
+
+        @inlineCallbacks
+        def stream_bytes(self, snapshot, base=None):
+            consumer = CollectingConsumer()
+            stream = self.pool.send(snapshot, consumer, base)
+            yield stream.done
+            return consumer.data
+
+        # Interfaces and values --------------------------------------------
+
+        @inlineCallbacks
+        def test_interfaces(self):
+            """The pool and its volumes provide their interfaces."""
+            self.assertTrue(verifyObject(IStoragePool, self.pool))
+            volume = yield self.pool.create(self.name)
+            self.assertTrue(verifyObject(IVolume, volume))
+            receiver = self.other_pool().receive(self.name)
+            self.assertTrue(verifyObject(IReceiveStream, receiver))
+            receiver.abort("not used")
+            yield self.assertFailure(receiver.done, ReceiveFailed)
+            snapshot = yield self.pool.snapshot(self.name)
+            stream = self.pool.send(snapshot, CollectingConsumer())
+            self.assertTrue(verifyObject(ISendStream, stream))
+            yield stream.done
+
+        # Create, look up, enumerate ----------------------------------------
+
+        @inlineCallbacks
+        def test_create(self):
+            """A new volume is owned here, writable, mounted under the mount
+            root, and ``get`` returns it."""
+            volume = yield self.pool.create(self.name)
+            self.assertEqual(
+                (volume.name, volume.owner, volume.read_only,
+                 volume.mountpoint, volume.maximum_size),
+                (self.name, "node-a", False,
+                 os.path.join(self.pool.mount_root, "mysql"), None))
+            self.assertTrue(volume.owned_by("node-a"))
+            self.assertFalse(volume.owned_by("node-b"))
+            self.assertTrue(os.path.isdir(volume.mountpoint))
+            self.assertEqual(os.listdir(volume.mountpoint), [])
+            again = yield self.pool.get(self.name)
+            self.assertEqual(again, volume)
+
+        @inlineCallbacks
+        def test_create_maximum_size(self):
+            """``maximum_size`` is recorded."""
+            volume = yield self.pool.create(self.name, maximum_size=64 << 20)
+            self.assertEqual(volume.maximum_size, 64 << 20)
+            again = yield self.pool.get(self.name)
+            self.assertEqual(again.maximum_size, 64 << 20)
+
+        @inlineCallbacks
+        def test_maximum_size_enforced(self):
+            """Writing more than ``maximum_size`` fails with EDQUOT."""
+            yield self.pool.create(self.name, maximum_size=4 << 20)
+            self.write(self.pool, "small", b"x" * 1024)
+            error = self.assertRaises(
+                OSError, self.write, self.pool, "big", os.urandom(8 << 20))
+            self.assertEqual(error.errno, errno.EDQUOT)
+
+        @inlineCallbacks
+        def test_create_exists(self):
+            """Creating an existing volume fails with VolumeExists."""
+            yield self.pool.create(self.name)
+            yield self.assertFailure(self.pool.create(self.name), VolumeExists)
+
+        @inlineCallbacks
+        def test_get_missing(self):
+            """Looking up a missing volume fails with VolumeNotFound."""
+            yield self.assertFailure(self.pool.get(self.name), VolumeNotFound)
+
+        @inlineCallbacks
+        def test_enumerate(self):
+            """Every volume, sorted by name, all owned here."""
+            empty = yield self.pool.enumerate()
+            self.assertEqual(empty, [])
+            b = yield self.pool.create(VolumeName("web"))
+            a = yield self.pool.create(VolumeName("db"))
+            volumes = yield self.pool.enumerate()
+            self.assertEqual(volumes, [a, b])
+            owned = yield self.pool.owned_volumes()
+            self.assertEqual(owned, [a, b])
+            replicas = yield self.pool.replicas()
+            self.assertEqual(replicas, [])
+
+        # Read-only and owner ----------------------------------------------
+
+        @inlineCallbacks
+        def test_read_only(self):
+            """A read-only volume refuses writes; made writable it takes
+            them again."""
+            yield self.pool.create(self.name)
+            self.write(self.pool, "before", b"1")
+            volume = yield self.pool.set_read_only(self.name, True)
+            self.assertTrue(volume.read_only)
+            again = yield self.pool.get(self.name)
+            self.assertTrue(again.read_only)
+            error = self.assertRaises(
+                OSError, self.write, self.pool, "during", b"2")
+            self.assertEqual(error.errno, errno.EROFS)
+            volume = yield self.pool.set_read_only(self.name, False)
+            self.assertFalse(volume.read_only)
+            self.write(self.pool, "after", b"3")
+            self.assertEqual(
+                read_tree(volume.mountpoint), {"before": b"1", "after": b"3"})
+
+        @inlineCallbacks
+        def test_set_owner(self):
+            """Changing the owner turns an owned volume into a replica and
+            back."""
+            yield self.pool.create(self.name)
+            volume = yield self.pool.set_owner(self.name, "node-b")
+            self.assertEqual(volume.owner, "node-b")
+            owned = yield self.pool.owned_volumes()
+            replicas = yield self.pool.replicas()
+            self.assertEqual(([v.name for v in owned],
+                              [v.name for v in replicas]), ([], [self.name]))
+            volume = yield self.pool.set_owner(self.name, "node-a")
+            self.assertTrue(volume.owned_by("node-a"))
+
+        @inlineCallbacks
+        def test_set_owner_invalid(self):
+            """An owner that is not a node identity is refused."""
+            yield self.pool.create(self.name)
+            yield self.assertFailure(
+                self.pool.set_owner(self.name, "node b;rm"), InvalidName)
+            volume = yield self.pool.get(self.name)
+            self.assertEqual(volume.owner, "node-a")
+
+        @inlineCallbacks
+        def test_set_missing(self):
+            """Changing a missing volume fails with VolumeNotFound."""
+            yield self.assertFailure(
+                self.pool.set_owner(self.name, "node-b"), VolumeNotFound)
+            yield self.assertFailure(
+                self.pool.set_read_only(self.name, True), VolumeNotFound)
+
+        @inlineCallbacks
+        def test_recorded_on_disk(self):
+            """Owner, read-only flag and snapshots survive a restart."""
+            yield self.pool.create(self.name, maximum_size=32 << 20)
+            yield self.pool.snapshot(self.name, "s1")
+            yield self.pool.set_owner(self.name, "node-b")
+            before = yield self.pool.set_read_only(self.name, True)
+            reopened = fixture.reopen(self.pool)
+            after = yield reopened.get(self.name)
+            self.assertEqual(after, before)
+            snapshots = yield reopened.snapshots(self.name)
+            self.assertEqual(snapshots, [Snapshot(self.name, "s1")])
+
+        # Snapshots ----------------------------------------------------------
+
+        @inlineCallbacks
+        def test_snapshots_oldest_first(self):
+            """Snapshots are listed in the order they were taken, not by
+            name."""
+            yield self.pool.create(self.name)
+            for name in ("zz", "aa", "mm"):
+                snapshot = yield self.pool.snapshot(self.name, name)
+                self.assertEqual(snapshot, Snapshot(self.name, name))
+            snapshots = yield self.pool.snapshots(self.name)
+            self.assertEqual([s.name for s in snapshots], ["zz", "aa", "mm"])
+
+        @inlineCallbacks
+        def test_generated_snapshot_names(self):
+            """Without a name, each snapshot gets a new unique one."""
+            yield self.pool.create(self.name)
+            first = yield self.pool.snapshot(self.name)
+            second = yield self.pool.snapshot(self.name)
+            self.assertNotEqual(first, second)
+            snapshots = yield self.pool.snapshots(self.name)
+            self.assertEqual(snapshots, [first, second])
+
+        @inlineCallbacks
+        def test_snapshot_exists(self):
+            """Taking a snapshot twice under one name fails."""
+            yield self.pool.create(self.name)
+            yield self.pool.snapshot(self.name, "s1")
+            yield self.assertFailure(
+                self.pool.snapshot(self.name, "s1"), SnapshotExists)
+
+        @inlineCallbacks
+        def test_snapshot_missing_volume(self):
+            """Snapshots of a missing volume: VolumeNotFound."""
+            yield self.assertFailure(
+                self.pool.snapshot(self.name, "s1"), VolumeNotFound)
+            yield self.assertFailure(
+                self.pool.snapshots(self.name), VolumeNotFound)
+
+        @inlineCallbacks
+        def test_prune_keeps_newest_common(self):
+            """Snapshots older than the newest common one go; it and the
+            newer ones stay, and so does the data."""
+            yield self.volume_with_data()
+            for name in ("s1", "s2", "s3", "s4"):
+                yield self.pool.snapshot(self.name, name)
+            peer = [Snapshot(self.name, n) for n in ("s0", "s1", "s2", "s9")]
+            destroyed = yield self.pool.prune_snapshots(self.name, peer)
+            self.assertEqual([s.name for s in destroyed], ["s1"])
+            left = yield self.pool.snapshots(self.name)
+            self.assertEqual([s.name for s in left], ["s2", "s3", "s4"])
+            volume = yield self.pool.get(self.name)
+            self.assertEqual(read_tree(volume.mountpoint)["sub/dir/note.txt"],
+                             b"hello")
+
+        @inlineCallbacks
+        def test_prune_nothing_common(self):
+            """With no snapshot in common nothing is destroyed."""
+            yield self.pool.create(self.name)
+            yield self.pool.snapshot(self.name, "s1")
+            yield self.pool.snapshot(self.name, "s2")
+            destroyed = yield self.pool.prune_snapshots(
+                self.name, [Snapshot(self.name, "other")])
+            self.assertEqual(destroyed, [])
+            left = yield self.pool.snapshots(self.name)
+            self.assertEqual([s.name for s in left], ["s1", "s2"])
+
+        @inlineCallbacks
+        def test_prune_newest_is_common(self):
+            """When the newest snapshot is the common one, it alone stays."""
+            yield self.pool.create(self.name)
+            for name in ("s1", "s2", "s3"):
+                yield self.pool.snapshot(self.name, name)
+            destroyed = yield self.pool.prune_snapshots(
+                self.name, [Snapshot(self.name, "s3")])
+            self.assertEqual([s.name for s in destroyed], ["s1", "s2"])
+            left = yield self.pool.snapshots(self.name)
+            self.assertEqual(left, [Snapshot(self.name, "s3")])
+
+        # Send and receive ---------------------------------------------------
+
+        @inlineCallbacks
+        def test_full_copy(self):
+            """A full stream creates a read-only replica with the same
+            files and the snapshot."""
+            source = yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            received = yield copy_snapshot(self.pool, s1, target)
+            self.assertEqual(received, s1)
+            replica = yield target.get(self.name)
+            self.assertTrue(replica.read_only)
+            self.assertFalse(replica.owned_by("node-b"))
+            self.assertEqual(replica.mountpoint,
+                             os.path.join(target.mount_root, "mysql"))
+            self.assertEqual(read_tree(replica.mountpoint),
+                             read_tree(source.mountpoint))
+            snapshots = yield target.snapshots(self.name)
+            self.assertEqual(snapshots, [s1])
+            replicas = yield target.replicas()
+            owned = yield target.owned_volumes()
+            self.assertEqual((replicas, owned), ([replica], []))
+
+        @inlineCallbacks
+        def test_snapshot_is_frozen(self):
+            """What is sent is the snapshot, not what was written since."""
+            yield self.pool.create(self.name)
+            self.write(self.pool, "f", b"at snapshot")
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            self.write(self.pool, "f", b"after snapshot")
+            self.write(self.pool, "new", b"after snapshot")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            replica = yield target.get(self.name)
+            self.assertEqual(read_tree(replica.mountpoint),
+                             {"f": b"at snapshot"})
+
+        @inlineCallbacks
+        def test_incremental_copy(self):
+            """An incremental stream brings changes, additions and deletions
+            onto a copy at its base."""
+            source = yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            self.write(self.pool, "sub/dir/note.txt", b"changed")
+            self.write(self.pool, "added/file", b"new")
+            os.unlink(os.path.join(source.mountpoint, "gone.txt"))
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            received = yield copy_snapshot(self.pool, s2, target, base=s1)
+            self.assertEqual(received, s2)
+            replica = yield target.get(self.name)
+            self.assertEqual(read_tree(replica.mountpoint),
+                             read_tree(source.mountpoint))
+            self.assertNotIn("gone.txt", read_tree(replica.mountpoint))
+            self.assertTrue(replica.read_only)
+            snapshots = yield target.snapshots(self.name)
+            self.assertEqual(snapshots, [s1, s2])
+
+        @inlineCallbacks
+        def test_incremental_is_smaller(self):
+            """An incremental stream carries the change, not the volume."""
+            yield self.pool.create(self.name)
+            self.write(self.pool, "big", os.urandom(1 << 20))
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            self.write(self.pool, "small", b"x")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            full = yield self.stream_bytes(s2)
+            increment = yield self.stream_bytes(s2, base=s1)
+            self.assertGreater(len(full), 1 << 20)
+            self.assertLess(len(increment), 256 * 1024)
+
+        @inlineCallbacks
+        def assert_unchanged_after(self, target, failing, previous,
+                                   exists=True):
+            """``failing`` fails with ReceiveFailed saying the copy is at
+            ``previous``, and the target's copy is indeed unchanged."""
+            if exists:
+                volume = yield target.get(self.name)
+                before = read_tree(volume.mountpoint)
+                snapshots_before = yield target.snapshots(self.name)
+            error = yield self.assertFailure(failing, ReceiveFailed)
+            self.assertEqual((error.previous, error.exists),
+                             (previous, exists))
+            self.assertIn(str(self.name), str(error))
+            if exists:
+                self.assertIn(repr(previous.name), str(error))
+                volume = yield target.get(self.name)
+                self.assertEqual(read_tree(volume.mountpoint), before)
+                snapshots = yield target.snapshots(self.name)
+                self.assertEqual(snapshots, snapshots_before)
+            else:
+                self.assertIn("no copy", str(error))
+                yield self.assertFailure(target.get(self.name),
+                                         VolumeNotFound)
+            return error
+
+        @inlineCallbacks
+        def test_incremental_missing_base(self):
+            """An increment from a base the receiver does not have fails
+            and leaves the receiver at its previous snapshot."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            self.write(self.pool, "x", b"1")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            self.write(self.pool, "x", b"2")
+            s3 = yield self.pool.snapshot(self.name, "s3")
+            yield self.assert_unchanged_after(
+                target, copy_snapshot(self.pool, s3, target, base=s2), s1)
+
+        @inlineCallbacks
+        def test_incremental_onto_missing_volume(self):
+            """An increment for a volume the receiver lacks creates
+            nothing."""
+            yield self.pool.create(self.name)
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            target = self.other_pool()
+            yield self.assert_unchanged_after(
+                target, copy_snapshot(self.pool, s2, target, base=s1), None,
+                exists=False)
+
+        @inlineCallbacks
+        def test_full_onto_existing(self):
+            """A full stream onto a volume that exists is refused."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            self.write(self.pool, "x", b"1")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            yield self.assert_unchanged_after(
+                target, copy_snapshot(self.pool, s2, target), s1)
+
+        @inlineCallbacks
+        def test_full_onto_owned_volume(self):
+            """A full stream onto the receiver's own volume with data is
+            refused and its data stays."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield target.create(self.name)
+            self.write(target, "precious", b"only copy")
+            t1 = yield target.snapshot(self.name, "t1")
+            yield self.assert_unchanged_after(
+                target, copy_snapshot(self.pool, s1, target), t1)
+
+        @inlineCallbacks
+        def test_receive_into_owned_volume_refused(self):
+            """Even a matching increment is refused by the node that owns
+            the volume: its copy is the writable one."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            yield target.set_owner(self.name, "node-b")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            error = yield self.assert_unchanged_after(
+                target, copy_snapshot(self.pool, s2, target, base=s1), s1)
+            self.assertIn("owns", str(error))
+
+        @inlineCallbacks
+        def test_receive_into_modified_replica_refused(self):
+            """A replica written to since its newest snapshot is not
+            overwritten (no ``-F``): the receive fails and the data stays."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            yield target.set_read_only(self.name, False)
+            self.write(target, "local-only", b"data the sender lacks")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            yield self.assert_unchanged_after(
+                target, copy_snapshot(self.pool, s2, target, base=s1), s1)
+            replica = yield target.get(self.name)
+            self.assertEqual(
+                read_tree(replica.mountpoint)["local-only"],
+                b"data the sender lacks")
+
+        @inlineCallbacks
+        def test_garbage_stream(self):
+            """Garbage is refused; the copy stays at its previous snapshot."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            receiver = target.receive(self.name)
+            receiver.write(b"this is not a stream\n" * 5000)
+            receiver.finish()
+            yield self.assert_unchanged_after(target, receiver.done, s1)
+
+        @inlineCallbacks
+        def test_garbage_new_volume(self):
+            """Garbage for a new volume creates nothing."""
+            target = self.other_pool()
+            receiver = target.receive(self.name)
+            receiver.write(os.urandom(64 * 1024))
+            receiver.finish()
+            yield self.assert_unchanged_after(
+                target, receiver.done, None, exists=False)
+
+        @inlineCallbacks
+        def increment_stream(self):
+            """A target holding s1 and the bytes of the s1 -> s2 stream."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            self.write(self.pool, "more.bin", os.urandom(512 * 1024))
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            data = yield self.stream_bytes(s2, base=s1)
+            return target, s1, s2, data
+
+        @inlineCallbacks
+        def test_truncated_stream(self):
+            """A stream that ends early fails and changes nothing; the whole
+            stream is received afterwards."""
+            target, s1, s2, data = yield self.increment_stream()
+            receiver = target.receive(self.name)
+            receiver.write(data[:len(data) // 2])
+            receiver.finish()
+            yield self.assert_unchanged_after(target, receiver.done, s1)
+            receiver = target.receive(self.name)
+            receiver.write(data)
+            receiver.finish()
+            received = yield receiver.done
+            self.assertEqual(received, s2)
+            self.assertEqual(receiver.bytes_received, len(data))
+
+        @inlineCallbacks
+        def test_abort(self):
+            """``abort()`` cuts the stream: the receive fails saying so and
+            changes nothing; the stream can be received again."""
+            target, s1, s2, data = yield self.increment_stream()
+            receiver = target.receive(self.name)
+            receiver.write(data[:len(data) // 2])
+            # Let the receiver take in what it has been given.
+            yield deferLater(reactor, 0.2, lambda: None)
+            receiver.abort("operator said stop")
+            error = yield self.assert_unchanged_after(
+                target, receiver.done, s1)
+            self.assertIn("cut", str(error))
+            self.assertIn("operator said stop", str(error))
+            received = yield copy_snapshot(self.pool, s2, target, base=s1)
+            self.assertEqual(received, s2)
+
+        @inlineCallbacks
+        def test_sender_dies(self):
+            """A send that stops half way cuts the receive, which fails and
+            changes nothing."""
+            target, s1, s2, data = yield self.increment_stream()
+            receiver = target.receive(self.name)
+            dying = DyingSender(receiver)
+            stream = self.pool.send(s2, dying, base=s1)
+            stream.done.addCallbacks(lambda _: receiver.finish(),
+                                     receiver.abort)
+            yield self.assert_unchanged_after(target, receiver.done, s1)
+            self.assertTrue(dying.killed)
+
+        @inlineCallbacks
+        def test_send_failure_cuts_receive(self):
+            """A send of a missing snapshot fails; the receive it feeds
+            fails too and creates nothing."""
+            yield self.pool.create(self.name)
+            target = self.other_pool()
+            yield self.assert_unchanged_after(
+                target,
+                copy_snapshot(self.pool, Snapshot(self.name, "nope"), target),
+                None, exists=False)
+
+        @inlineCallbacks
+        def test_send_missing_snapshot(self):
+            """Sending a missing snapshot fails with SendFailed, and the
+            stream still unregisters from its consumer."""
+            yield self.pool.create(self.name)
+            consumer = CollectingConsumer()
+            stream = self.pool.send(Snapshot(self.name, "nope"), consumer)
+            error = yield self.assertFailure(stream.done, SendFailed)
+            self.assertIn("nope", str(error))
+            self.assertEqual((consumer.registered, consumer.unregistered),
+                             (1, 1))
+
+        @inlineCallbacks
+        def test_send_base_not_earlier(self):
+            """An increment from a newer snapshot fails with SendFailed."""
+            yield self.pool.create(self.name)
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            stream = self.pool.send(s1, CollectingConsumer(), base=s2)
+            yield self.assertFailure(stream.done, SendFailed)
+
+        @inlineCallbacks
+        def test_send_producer_life_cycle(self):
+            """The stream registers as a streaming producer, writes every
+            byte it counts, then unregisters and fires ``done``."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            consumer = CollectingConsumer()
+            stream = self.pool.send(s1, consumer)
+            self.assertIs(consumer.producer, stream)
+            self.assertTrue(consumer.streaming)
+            sent = yield stream.done
+            self.assertEqual(sent, len(consumer.data))
+            self.assertEqual(stream.bytes_sent, len(consumer.data))
+            self.assertGreater(sent, 200 * 1024)
+            self.assertEqual(consumer.unregistered, 1)
+            self.assertIsNone(consumer.producer)
+
+        @inlineCallbacks
+        def test_send_honours_pause(self):
+            """A paused stream writes nothing until resumed, and what it
+            writes is still a complete stream."""
+            yield self.pool.create(self.name)
+            # Several times any pipe or read size, so it takes many writes.
+            self.write(self.pool, "big", os.urandom(6 << 20))
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            consumer = PausingConsumer()
+            stream = self.pool.send(s1, consumer)
+            yield stream.done
+            self.assertGreater(consumer.pauses, 2)
+            self.assertEqual(consumer.writes_while_paused, 0)
+            target = self.other_pool()
+            receiver = target.receive(self.name)
+            receiver.write(consumer.data)
+            receiver.finish()
+            received = yield receiver.done
+            self.assertEqual(received, s1)
+
+        @inlineCallbacks
+        def test_send_stopped_by_consumer(self):
+            """A consumer that stops the stream gets no more writes, and
+            ``done`` fails."""
+            target, s1, s2, data = yield self.increment_stream()
+            consumer = StoppingConsumer()
+            stream = self.pool.send(s2, consumer, base=s1)
+            yield self.assertFailure(stream.done, SendFailed)
+            self.assertTrue(consumer.stopped)
+            self.assertEqual(consumer.writes_after_stop, 0)
+
+        @inlineCallbacks
+        def test_move_and_back(self):
+            """The handoff: bulk copy, final increment, new owner; then the
+            move back is incremental onto the old owner's replica."""
+            yield self.volume_with_data()
+            b = self.other_pool()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            yield copy_snapshot(self.pool, s1, b)
+            self.write(self.pool, "late", b"written during the bulk copy")
+            yield self.pool.set_read_only(self.name, True)
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            yield copy_snapshot(self.pool, s2, b, base=s1)
+            yield b.set_owner(self.name, "node-b")
+            yield b.set_read_only(self.name, False)
+            yield self.pool.set_owner(self.name, "node-b")
+            self.write(b, "on-b", b"written on the new owner")
+            s3 = yield b.snapshot(self.name, "s3")
+            received = yield copy_snapshot(b, s3, self.pool, base=s2)
+            self.assertEqual(received, s3)
+            here = yield self.pool.get(self.name)
+            there = yield b.get(self.name)
+            self.assertEqual(read_tree(here.mountpoint),
+                             read_tree(there.mountpoint))
+            self.assertTrue(here.read_only)
+            self.assertFalse(there.read_only)
+            replicas = yield self.pool.replicas()
+            owned = yield b.owned_volumes()
+            self.assertEqual(([v.name for v in replicas],
+                              [v.name for v in owned]),
+                             ([self.name], [self.name]))
+            snapshots = yield self.pool.snapshots(self.name)
+            self.assertEqual(snapshots, [s1, s2, s3])
+
+        @inlineCallbacks
+        def test_bytes_counted(self):
+            """Both ends count the same number of bytes."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            receiver = self.other_pool().receive(self.name)
+            stream = self.pool.send(s1, receiver)
+            sent = yield stream.done
+            receiver.finish()
+            yield receiver.done
+            self.assertEqual(receiver.bytes_received, sent)
+
+    return IStoragePoolTests
