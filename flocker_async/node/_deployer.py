@@ -43,11 +43,13 @@ class IPeers(Interface):
     def snapshots(node, volume):
         """Fire with the snapshot names ``node`` holds of ``volume``."""
 
-    def push(node, volume, start_send):
+    def push(node, volume, start_send, replace=False):
         """
         Stream a volume into ``node``'s ``receive``: ``start_send(consumer)``
         starts the send stream writing into ``consumer`` and returns it (an
         ``ISendStream``).  Fires when ``node`` has received it all.
+        ``replace``: the stream is a full one and ``node`` holds an older,
+        unrelated replica, to be discarded first.
         """
 
     def acquire(node, volume):
@@ -76,7 +78,7 @@ class Deployer:
     def __init__(self, hostname: str, docker, pool, network, peers, reactor,
                  resolve: Callable[[str], Deferred],
                  emit: Callable[[dict], None] = lambda event: None,
-                 port_timeout: float = 300.0, handoff_timeout: float = 3600.0,
+                 port_timeout: float = 300.0, handoff_timeout: float = 120.0,
                  container_address: Optional[Callable[[str], Deferred]] = None):
         self.hostname = hostname
         self.docker = docker
@@ -92,6 +94,9 @@ class Deployer:
         self.routes: Dict[str, Tuple[Tuple[int, ...], Route]] = {}
         self._handoff_waiters: Dict[str, List[Deferred]] = {}
         self._route_lock = defer.DeferredLock()
+        # When a peer last pushed to or acquired each volume here: a handoff
+        # wait times out only after that long without such activity.
+        self._activity: Dict[str, float] = {}
         self.problems: List[str] = []
 
     # --- events ---------------------------------------------------------------
@@ -211,8 +216,11 @@ class Deployer:
         ours = [s.name for s in await self.pool.snapshots(volume)]
         base_name = newest_common([s for s in ours if s != snapshot.name], theirs)
         base = Snapshot(volume, base_name) if base_name else None
+        # The peer holds snapshots none of which we have: an old replica of
+        # an earlier lineage, replaced by a full copy of the live one.
+        replace = base is None and bool(theirs)
         self.emit(phase, name, to=to, snapshot=snapshot.name,
-                  base=base_name, incremental=base is not None)
+                  base=base_name, incremental=base is not None, replace=replace)
         progress = {"bytes": 0}
 
         def start_send(consumer):
@@ -224,7 +232,7 @@ class Deployer:
             "transfer", name, to=to, phase=phase,
             bytes=getattr(progress.get("stream"), "bytes_sent", 0)))
         try:
-            sent = await self.peers.push(to, name, start_send)
+            sent = await self.peers.push(to, name, start_send, replace=replace)
         finally:
             poll.stop()
         stream = progress.get("stream")
@@ -263,22 +271,45 @@ class Deployer:
     def handoff_volume(self, name: str, to: str) -> Deferred:
         return Deferred.fromCoroutine(self._handoff(name, to))
 
+    def note_activity(self, name: str):
+        """A peer is pushing or handing ``name`` over: keep waiting."""
+        self._activity[name] = self.reactor.seconds()
+
+    async def receiver(self, name: str, replace: bool = False):
+        """An ``IReceiveStream`` for a peer's push of ``name``."""
+        volume = VolumeName(name)
+        self.note_activity(name)
+        if replace:
+            try:
+                current = await self.pool.get(volume)
+            except VolumeNotFound:
+                current = None
+            if current is not None and not current.owned_by(self.hostname):
+                self.emit("discard-replica", name)
+                await self.pool.discard_replica(volume)
+        return _ActivityReceiver(self.pool.receive(volume),
+                                 lambda: self.note_activity(name))
+
     async def _wait_for_handoff(self, name: str, source: str):
         try:
             volume = await self.pool.get(VolumeName(name))
-            if volume.owned_by(self.hostname):
+            if volume.owned_by(self.hostname) and not volume.read_only:
                 return
         except VolumeNotFound:
             pass
         self.emit("wait-handoff", name, source=source)
         waiter = Deferred()
         self._handoff_waiters.setdefault(name, []).append(waiter)
-        waiter.addTimeout(self.handoff_timeout, self.reactor)
+        started = self.reactor.seconds()
         try:
-            await waiter
-        except defer.TimeoutError:
-            raise ChangeFailed("%s did not hand volume %s over within %d s"
-                               % (source, name, self.handoff_timeout))
+            while not waiter.called:
+                idle_since = max(started, self._activity.get(name, 0.0))
+                remaining = self.handoff_timeout - (self.reactor.seconds() - idle_since)
+                if remaining <= 0:
+                    raise ChangeFailed(
+                        "%s did not hand volume %s over: nothing arrived from it "
+                        "for %d s" % (source, name, self.handoff_timeout))
+                await _first(self.reactor, waiter, min(remaining, 5.0))
         finally:
             waiters = self._handoff_waiters.get(name, [])
             if waiter in waiters:
@@ -288,6 +319,7 @@ class Deployer:
         return Deferred.fromCoroutine(self._wait_for_handoff(name, source))
 
     async def _acquire(self, name: str):
+        self.note_activity(name)
         volume = VolumeName(name)
         current = await self.pool.get(volume)
         if current.owned_by(self.hostname) and not current.read_only:
@@ -363,6 +395,39 @@ class Deployer:
     def report_problem(self, application: str, message: str) -> Deferred:
         self.emit("problem", application, message=message)
         return defer.fail(ChangeFailed(message))
+
+
+class _ActivityReceiver:
+    """An ``IReceiveStream`` that notes each write as handoff activity."""
+
+    def __init__(self, receiver, touch):
+        self._receiver = receiver
+        self._touch = touch
+        self._last = 0
+
+    def write(self, data):
+        self._receiver.write(data)
+        if self._receiver.bytes_received - self._last > (8 << 20):
+            self._last = self._receiver.bytes_received
+            self._touch()
+
+    def __getattr__(self, name):
+        return getattr(self._receiver, name)
+
+
+def _first(reactor, waiter: Deferred, seconds: float) -> Deferred:
+    """Fires when ``waiter`` has fired or ``seconds`` passed, whichever is
+    first (``waiter`` itself is left untouched)."""
+    done = Deferred()
+
+    def fired(result):
+        if not done.called:
+            call.cancel()
+            done.callback(None)
+        return result
+    call = reactor.callLater(seconds, lambda: done.called or done.callback(None))
+    waiter.addBoth(fired)
+    return done
 
 
 class _Every:

@@ -33,6 +33,7 @@ class MemoryPeers:
     @defer.inlineCallbacks
     def snapshots(self, node, volume):
         peer = self._peer(node)
+        peer.note_activity(volume)
         try:
             snapshots = yield peer.pool.snapshots(VolumeName(volume))
         except VolumeNotFound:
@@ -40,9 +41,9 @@ class MemoryPeers:
         return [s.name for s in snapshots]
 
     @defer.inlineCallbacks
-    def push(self, node, volume, start_send):
+    def push(self, node, volume, start_send, replace=False):
         peer = self._peer(node)
-        receiver = peer.pool.receive(VolumeName(volume))
+        receiver = yield defer.Deferred.fromCoroutine(peer.receiver(volume, replace))
         stream = start_send(receiver)
         sent = yield stream.done
         receiver.finish()

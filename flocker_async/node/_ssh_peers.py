@@ -92,9 +92,10 @@ class SSHPeers:
                 if line]
 
     @defer.inlineCallbacks
-    def push(self, node, volume, start_send):
+    def push(self, node, volume, start_send, replace=False):
         body = _SendBody(start_send)
-        yield self._run(node, ["receive", volume], stdin_producer=body)
+        argv = ["receive"] + (["--replace"] if replace else []) + [volume]
+        yield self._run(node, argv, stdin_producer=body)
         return body.stream.bytes_sent if body.stream is not None else 0
 
     @defer.inlineCallbacks

@@ -65,7 +65,7 @@ class NodeConvergence(Service):
     def __init__(self, deployer: Deployer, store: DesiredStateStore, reactor,
                  interval: float, authorizer: KeyAuthorizer, peers,
                  known_hosts_path: str, periodic_handoff_timeout: float = 5.0,
-                 apply_handoff_timeout: float = 3600.0):
+                 apply_handoff_timeout: float = 120.0):
         self.deployer = deployer
         self.store = store
         self.reactor = reactor
@@ -270,6 +270,8 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
 
     async def snapshots(role, args, session):
         name = _volume_argument(args)
+        if role == PEER:
+            deployer.note_activity(name)
         try:
             found = await deployer.pool.snapshots(VolumeName(name))
         except VolumeNotFound:
@@ -278,10 +280,13 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         return 0
 
     def receive(role, args, session):
-        name = _volume_argument(args)
-        receiver = deployer.pool.receive(VolumeName(name))
+        replace = bool(args) and args[0] == "--replace"
+        name = _volume_argument(args[1:] if replace else args)
+        receiver = None
 
         async def run():
+            nonlocal receiver
+            receiver = await deployer.receiver(name, replace)
             try:
                 await session.stream_stdin(receiver)
             except Exception:
@@ -295,7 +300,8 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             return 0
 
         def cancel(_):
-            receiver.abort()
+            if receiver is not None:
+                receiver.abort()
         d = Deferred.fromCoroutine(run())
         outer = Deferred(cancel)
         d.chainDeferred(outer)

@@ -258,6 +258,15 @@ class IStoragePool(Interface):
         ``Snapshot``s.
         """
 
+    def discard_replica(name):
+        """
+        Destroy this node's copy of ``name`` with its snapshots, but only if
+        it is a read-only replica another node owns: the live copy is never
+        discarded (``VolumeError``).  Used before receiving a full stream
+        when the replica here shares no snapshot with the owner's copy.
+        Fires with None; a missing volume fails with ``VolumeNotFound``.
+        """
+
     def set_read_only(name, read_only):
         """Make the volume read-only or writable; fire with its ``IVolume``."""
 

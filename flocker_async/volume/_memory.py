@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from ._common import generate_snapshot_name, snapshots_to_prune
 from ._interfaces import (
+    VolumeError,
     IReceiveStream,
     ISendStream,
     IStoragePool,
@@ -268,6 +269,17 @@ class MemoryStoragePool:
         meta["read_only"] = bool(read_only)
         self._write_meta(name, meta)
         return self._volume(name, meta)
+
+    @_deferred
+    def discard_replica(self, name: VolumeName):
+        meta = self._read_meta(name)
+        if meta["owner"] == self.node_id or not meta["read_only"]:
+            raise VolumeError(
+                "refusing to discard volume %s: this node's copy is %s"
+                % (name, "its live copy" if meta["owner"] == self.node_id
+                   else "writable"))
+        shutil.rmtree(self._meta_dir(name))
+        shutil.rmtree(self._mountpoint(name), ignore_errors=True)
 
     @_deferred
     def set_owner(self, name: VolumeName, owner: str):

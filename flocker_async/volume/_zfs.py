@@ -304,6 +304,23 @@ class ZFSStoragePool:
         return volume
 
     @inlineCallbacks
+    def discard_replica(self, name: VolumeName):
+        volume = yield self.get(name)
+        if volume.owned_by(self.node_id) or not volume.read_only:
+            raise VolumeError(
+                "refusing to discard volume %s: this node's copy is %s"
+                % (name, "its live copy" if volume.owned_by(self.node_id)
+                   else "writable"))
+        # zfs-fuse does not unmount on destroy ("dataset is busy").
+        try:
+            yield self._zfs("unmount", self._dataset(name))
+        except CommandFailed as e:
+            if "not currently mounted" not in e.stderr_text:
+                raise
+        yield self._zfs("destroy", "-r", self._dataset(name))
+        _log.info("discarded replica {volume}", volume=str(name))
+
+    @inlineCallbacks
     def set_owner(self, name: VolumeName, owner: str):
         validate_node_id(owner)
         yield self._zfs("set", "%s=%s" % (OWNER_PROPERTY, owner),

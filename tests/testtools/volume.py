@@ -30,6 +30,7 @@ from flocker_async.volume import (
     SendFailed,
     Snapshot,
     SnapshotExists,
+    VolumeError,
     VolumeExists,
     VolumeName,
     VolumeNotFound,
@@ -567,6 +568,36 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             t1 = yield target.snapshot(self.name, "t1")
             yield self.assert_unchanged_after(
                 target, copy_snapshot(self.pool, s1, target), t1)
+
+        @inlineCallbacks
+        def test_discard_replica(self):
+            """A read-only replica owned elsewhere can be discarded, and a
+            full stream then received in its place."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name)
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            yield target.set_owner(self.name, "node-a")
+            yield target.discard_replica(self.name)
+            yield self.assertFailure(target.get(self.name), VolumeNotFound)
+            self.assertEqual(list((yield target.enumerate())), [])
+            s2 = yield self.pool.snapshot(self.name)
+            received = yield copy_snapshot(self.pool, s2, target)
+            self.assertEqual(received.name, s2.name)
+
+        @inlineCallbacks
+        def test_discard_live_copy_refused(self):
+            """The live copy (owned here, or writable) is never discarded."""
+            yield self.volume_with_data()
+            yield self.assertFailure(self.pool.discard_replica(self.name),
+                                     VolumeError)
+            yield self.pool.set_owner(self.name, "node-b")
+            yield self.assertFailure(self.pool.discard_replica(self.name),
+                                     VolumeError)
+            volume = yield self.pool.get(self.name)
+            self.assertEqual(volume.owner, "node-b")
+            yield self.assertFailure(self.pool.discard_replica(VolumeName("nope")),
+                                     VolumeNotFound)
 
         @inlineCallbacks
         def test_receive_into_owned_volume_refused(self):

@@ -196,7 +196,8 @@ class Cluster:
             pool = MemoryStoragePool(reactor, os.path.join(root, host), host)
             self.deployers[host] = Deployer(
                 host, docker, pool, MemoryNetwork(), self.peers, reactor,
-                resolve=defer.succeed, emit=self.events.append)
+                resolve=defer.succeed, emit=self.events.append,
+                handoff_timeout=5)
         self.desired = None
 
     @defer.inlineCallbacks
@@ -386,3 +387,181 @@ class DeployTests(TestCase):
         self.assertTrue((yield c.units(N1))["web"].running)
         volume = yield c.node(N1).pool.get(VolumeName("web"))
         self.assertEqual((volume.owner, volume.read_only), (N1, False))
+
+
+class InvariantTests(TestCase):
+    """DESIGN.md's move invariants, each checked while moves run."""
+
+    def watch_writable_copies(self, c):
+        """After every ownership or read-only change anywhere, at most one
+        node holds a writable copy that names itself owner."""
+        violations = []
+
+        def check(_=None):
+            live = []
+            for host, d in c.deployers.items():
+                meta_dir = d.pool._meta_dir(VolumeName("web"))
+                if os.path.exists(os.path.join(meta_dir, "meta.json")):
+                    import json
+                    with open(os.path.join(meta_dir, "meta.json")) as f:
+                        meta = json.load(f)
+                    if not meta.get("read_only") and meta.get("owner") == host:
+                        live.append(host)
+            if len(live) > 1:
+                violations.append(live)
+            return _
+
+        for d in c.deployers.values():
+            for method in ("set_owner", "set_read_only", "create"):
+                original = getattr(d.pool, method)
+
+                def wrapped(*args, original=original, **kwargs):
+                    return original(*args, **kwargs).addCallback(check)
+                setattr(d.pool, method, wrapped)
+        return violations
+
+    @defer.inlineCallbacks
+    def test_one_writable_copy_throughout_moves(self):
+        c = Cluster(self, [N1, N2, N3])
+        violations = self.watch_writable_copies(c)
+        yield c.deploy(deployment(n1=[WEB], n2=[], n3=[]))
+        for target in ("n2", "n3", "n1", "n2"):
+            placement = {"n1": [], "n2": [], "n3": []}
+            placement[target] = [WEB]
+            yield c.deploy(deployment(**placement))
+        self.assertEqual(violations, [])
+        owners = []
+        for host, d in c.deployers.items():
+            v = yield d.pool.get(VolumeName("web"))
+            if not v.read_only:
+                owners.append(host)
+        self.assertEqual(owners, [N2])
+
+    @defer.inlineCallbacks
+    def test_stopped_only_after_bulk_copy_verified(self):
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        del c.events[:]
+        yield c.deploy(deployment(n1=[], n2=[WEB]))
+        n1 = [e["action"] for e in c.events if e["node"] == N1]
+        self.assertLess(n1.index("transferred"), n1.index("stop"))
+
+    @defer.inlineCallbacks
+    def test_failed_bulk_copy_keeps_application_running(self):
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        original = c.peers.snapshots
+
+        def forgetful(node, volume):
+            # The destination "loses" what it received: verification fails.
+            return defer.succeed([])
+        c.peers.snapshots = forgetful
+        try:
+            yield c.deploy(deployment(n1=[], n2=[WEB]))
+        except Exception as e:
+            self.assertIn("did not keep snapshot", str(e))
+        else:
+            self.fail("the move should have failed verification")
+        finally:
+            c.peers.snapshots = original
+        self.assertTrue((yield c.units(N1))["web"].running)
+        v = yield c.node(N1).pool.get(VolumeName("web"))
+        self.assertEqual((v.owner, v.read_only), (N1, False))
+
+    @defer.inlineCallbacks
+    def test_unchanged_application_rules_never_disappear(self):
+        """Every routing transaction during a move keeps the other
+        application's rules, so its open connections survive."""
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB, CACHE], n2=[]))
+        seen = []
+        for host, d in c.deployers.items():
+            original = d.network.set_state
+
+            def recording(proxies, open_ports, held, host=host, original=original):
+                seen.append((host, set(proxies), set(open_ports), set(held)))
+                return original(proxies, open_ports, held)
+            d.network.set_state = recording
+        yield c.deploy(deployment(n1=[CACHE], n2=[WEB]))
+        self.assertTrue(seen)
+        for host, proxies, open_ports, held in seen:
+            if host == N1:
+                self.assertIn(OpenPort("cache", 11211), open_ports)
+            else:
+                self.assertIn(Proxy("cache", 11211, N1), proxies)
+            self.assertNotIn(HeldPort("cache", 11211), held)
+
+    @defer.inlineCallbacks
+    def test_prunes_keep_common_snapshot(self):
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        for i, target in enumerate(["n2", "n1", "n2", "n1"]):
+            yield c.write(N1 if target == "n2" else N2, "web", "f%d" % i, b"x" * i)
+            yield c.deploy(deployment(**{target: [WEB], ("n1" if target == "n2" else "n2"): []}))
+        s1 = [s.name for s in (yield c.node(N1).pool.snapshots(VolumeName("web")))]
+        s2 = [s.name for s in (yield c.node(N2).pool.snapshots(VolumeName("web")))]
+        self.assertTrue(set(s1) & set(s2))
+        # Old snapshots were pruned: not one per move accumulating forever.
+        self.assertLessEqual(len(s1), 3)
+
+
+class CrashRecoveryTests(TestCase):
+    """
+    A daemon killed at any step of a move and restarted converges with no
+    data lost: each step of the source's move fails once in turn (as if the
+    daemon died there), then everything converges again.
+    """
+
+    STEPS = ["push_volume", "set_route", "stop_application", "handoff_volume",
+             "_send_newest", "acquire"]
+
+    @defer.inlineCallbacks
+    def crash_at(self, method, occurrence):
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        yield c.write(N1, "web", "acked", b"every acknowledged write")
+        target = c.node(N1) if method != "acquire" else c.node(N2)
+        original = getattr(target, method)
+        calls = {"n": 0}
+
+        def crashing(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == occurrence:
+                return defer.fail(RuntimeError("daemon killed during %s" % method))
+            return original(*args, **kwargs)
+        setattr(target, method, crashing)
+        c.node(N2).handoff_timeout = 2
+        try:
+            yield c.deploy(deployment(n1=[], n2=[WEB]))
+        except Exception:
+            pass
+        setattr(target, method, original)
+        # "Restart": converge again (twice, as flocker-deploy would be re-run).
+        yield c.deploy(deployment(n1=[], n2=[WEB]))
+        self.assertEqual((yield c.units(N1)), {})
+        self.assertTrue((yield c.units(N2))["web"].running)
+        self.assertEqual(c.read(N2, "web", "acked"), b"every acknowledged write")
+        writable = []
+        for host in (N1, N2):
+            v = yield c.node(host).pool.get(VolumeName("web"))
+            if not v.read_only:
+                writable.append(host)
+        self.assertEqual(writable, [N2])
+
+    def test_crash_during_bulk_push(self):
+        return self.crash_at("push_volume", 1)
+
+    def test_crash_holding_ports(self):
+        return self.crash_at("set_route", 1)
+
+    def test_crash_at_stop(self):
+        return self.crash_at("stop_application", 1)
+
+    def test_crash_at_handoff(self):
+        return self.crash_at("handoff_volume", 1)
+
+    def test_crash_during_final_push(self):
+        return self.crash_at("_send_newest", 2)
+
+    def test_crash_at_acquire(self):
+        return self.crash_at("acquire", 1)
