@@ -220,3 +220,93 @@ def free_port():
 
 def Deferred_from(coroutine):
     return defer.Deferred.fromCoroutine(coroutine)
+
+
+class SelfHealingTests(TestCase):
+    """The daemon mends its node from the persisted desired state, without
+    anyone running flocker-deploy."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.operator = generate_key()
+        self.port = free_port()
+        self.node = Node_(self, "127.0.0.2", self.operator, self.port)
+        yield self.node.listen(self.port)
+        self.addCleanup(self.node.port.stopListening)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[127.0.0.2]:%d %s\n" % (
+                self.port, self.node.keys.host_key.public().toString("openssh").decode()))
+        self.client = SSHClient(reactor, self.operator, path)
+        deployment = Deployment(nodes=[Node("127.0.0.2", [WEB])])
+        yield Deferred_from(deploy_lib.deploy(reactor, self.client, deployment,
+                                              self.port, lambda n, e: None))
+
+    @defer.inlineCallbacks
+    def test_crashed_container_restarted(self):
+        before = {u.name: u for u in (yield self.node.docker.list())}
+        self.node.docker.simulate_exit("web")
+        yield self.node.convergence.converge_now()
+        after = {u.name: u for u in (yield self.node.docker.list())}
+        self.assertTrue(after["web"].running)
+        self.assertNotEqual(after["web"].container_id, before["web"].container_id)
+
+    @defer.inlineCallbacks
+    def test_wiped_rules_restored(self):
+        yield self.node.network.remove_all()
+        yield self.node.convergence.converge_now()
+        state = yield self.node.network.get_state()
+        self.assertEqual(state.open_ports, frozenset([OpenPort("web", 8080)]))
+
+    @defer.inlineCallbacks
+    def test_restart_reloads_desired_state(self):
+        """A new daemon over the same state directory converges at start."""
+        yield self.node.pool.write_file(VolumeName("web"), "kept", b"data")
+        self.node.docker.simulate_exit("web")
+        # "Restart": a fresh convergence service over the same store.
+        restarted = NodeConvergence(
+            self.node.deployer, self.node.store, reactor, 3600,
+            self.node.authorizer, self.node.peers, self.node.convergence.known_hosts_path)
+        restarted.startService()
+        self.addCleanup(restarted.stopService)
+        yield wait_until(lambda: not restarted.lock.locked)
+        yield restarted.lock.acquire()
+        restarted.lock.release()
+        self.assertIsNotNone(restarted.request)
+        units = {u.name: u for u in (yield self.node.docker.list())}
+        self.assertTrue(units["web"].running)
+        volume = yield self.node.pool.get(VolumeName("web"))
+        self.assertTrue(volume.owned_by("127.0.0.2"))
+
+    def test_unreadable_desired_state_not_acted_on(self):
+        self.node.store.save(b'{"version": 1, "node": "127.0.0.2"}')
+        fresh = NodeConvergence(
+            self.node.deployer, self.node.store, reactor, 3600,
+            self.node.authorizer, self.node.peers, self.node.convergence.known_hosts_path)
+        fresh.load()
+        self.assertIsNone(fresh.request)
+        self.flushLoggedErrors()
+
+
+class ReadinessTests(TestCase):
+    @defer.inlineCallbacks
+    def test_ready_sent_once_listening(self):
+        """READY=1 reaches $NOTIFY_SOCKET only after the SSH port listens."""
+        import socket as socket_module
+        from flocker_async.node._sdnotify import SystemdNotifier
+        from flocker_async.node.service import _Listener
+        path = os.path.abspath(self.mktemp())
+        sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+        node = Node_(self, "127.0.0.2", generate_key(), 0)
+        listener = _Listener(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.2"),
+                             node.factory, SystemdNotifier({"NOTIFY_SOCKET": path}),
+                             "127.0.0.2:0")
+        self.assertRaises(BlockingIOError, sock.recv, 100)
+        yield listener.startService()
+        self.assertIsNotNone(listener.port)
+        self.assertIn(b"READY=1", sock.recv(100))
+        yield listener.stopService()
+        self.assertIn(b"STOPPING=1", sock.recv(100))
