@@ -289,9 +289,14 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             receiver = await deployer.receiver(name, replace)
             try:
                 await session.stream_stdin(receiver)
-            except Exception:
-                receiver.abort()
-                raise
+            except Exception as e:
+                # zfs recv may close its input as soon as it has read the
+                # stream's end record, before the channel's EOF arrives.
+                # Whether the stream was whole is zfs recv's to say: a cut
+                # one fails below and leaves the previous snapshot.
+                log.info("receive {volume}: input ended early ({why}); "
+                         "letting zfs recv judge the stream",
+                         volume=name, why=str(e))
             receiver.finish()
             snapshot = await receiver.done
             deployer.emit("received", name, snapshot=snapshot.name,

@@ -261,7 +261,15 @@ class ZFSStoragePool:
         if snapshot_name is None:
             snapshot_name = generate_snapshot_name(self._reactor.seconds())
         snapshot = Snapshot(name, snapshot_name)
-        d = self._zfs("snapshot", self._snapshot(snapshot))
+        mountpoint = self._mountpoint(name)
+        if os.path.ismount(mountpoint):
+            # Dirty pages still in the kernel's FUSE cache are not in the
+            # dataset yet: write them back so the snapshot holds every
+            # completed write.
+            d = run_process(self._reactor, ["sync", "-f", mountpoint])
+            d.addCallback(lambda _: self._zfs("snapshot", self._snapshot(snapshot)))
+        else:
+            d = self._zfs("snapshot", self._snapshot(snapshot))
 
         def translate(failure):
             failure.trap(CommandFailed)
@@ -360,6 +368,11 @@ class ZFSStoragePool:
             raise _Refused(
                 "this node owns volume %r (its writable copy); a volume is "
                 "only ever received into a replica" % (str(name),))
+        # Receive into an unmounted replica and mount it again afterwards:
+        # a mounted one would go on showing the kernel's cached pages of
+        # the old contents, not what was received.
+        if os.path.ismount(self._mountpoint(name)):
+            yield self._zfs("unmount", self._dataset(name))
         return True
 
     @inlineCallbacks
@@ -382,6 +395,12 @@ class ZFSStoragePool:
             snapshots = yield self.snapshots(name)
         except VolumeNotFound:
             return False, None
+        # It was unmounted for the receive: mount it again as it was.
+        try:
+            yield self._ensure_mounted(name)
+        except CommandFailed as e:
+            _log.warn("volume {volume} could not be mounted again: {error}",
+                      volume=str(name), error=str(e))
         return True, (snapshots[-1] if snapshots else None)
 
 

@@ -480,6 +480,41 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             self.assertEqual(snapshots, [s1, s2])
 
         @inlineCallbacks
+        def test_replica_shows_received_contents(self):
+            """After an incremental receive, reading the replica shows the
+            new contents, not what was cached from before (same size, so a
+            size check would not notice)."""
+            yield self.pool.create(self.name)
+            self.write(self.pool, "row", b"version-1")
+            s1 = yield self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            replica = yield target.get(self.name)
+            for _ in range(3):
+                with open(os.path.join(replica.mountpoint, "row"), "rb") as f:
+                    self.assertEqual(f.read(), b"version-1")
+            self.write(self.pool, "row", b"version-2")
+            s2 = yield self.pool.snapshot(self.name, "s2")
+            yield copy_snapshot(self.pool, s2, target, base=s1)
+            replica = yield target.get(self.name)
+            with open(os.path.join(replica.mountpoint, "row"), "rb") as f:
+                self.assertEqual(f.read(), b"version-2")
+
+        @inlineCallbacks
+        def test_snapshot_holds_every_completed_write(self):
+            """Writes closed just before ``snapshot`` are in it."""
+            volume = yield self.pool.create(self.name)
+            for i in range(5):
+                with open(os.path.join(volume.mountpoint, "log"), "ab") as f:
+                    f.write(b"line %d\n" % (i,))
+                snapshot = yield self.pool.snapshot(self.name, "s%d" % (i,))
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, snapshot, target)
+            replica = yield target.get(self.name)
+            with open(os.path.join(replica.mountpoint, "log"), "rb") as f:
+                self.assertEqual(f.read().count(b"\n"), 5)
+
+        @inlineCallbacks
         def test_incremental_is_smaller(self):
             """An incremental stream carries the change, not the volume."""
             yield self.pool.create(self.name)
@@ -494,13 +529,15 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
 
         @inlineCallbacks
         def assert_unchanged_after(self, target, failing, previous,
-                                   exists=True):
+                                   exists=True, before=None):
             """``failing`` fails with ReceiveFailed saying the copy is at
-            ``previous``, and the target's copy is indeed unchanged."""
+            ``previous``, and the target's copy is indeed unchanged.  Give
+            ``before`` (from ``contents``) when the receive already started:
+            a replica is unmounted while it receives."""
             if exists:
-                volume = yield target.get(self.name)
-                before = read_tree(volume.mountpoint)
-                snapshots_before = yield target.snapshots(self.name)
+                if before is None:
+                    before = yield self.contents(target)
+                before, snapshots_before = before
             error = yield self.assertFailure(failing, ReceiveFailed)
             self.assertEqual((error.previous, error.exists),
                              (previous, exists))
@@ -632,16 +669,24 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
                 b"data the sender lacks")
 
         @inlineCallbacks
+        def contents(self, target):
+            """The replica's files and snapshots, to compare after."""
+            volume = yield target.get(self.name)
+            snapshots = yield target.snapshots(self.name)
+            return read_tree(volume.mountpoint), snapshots
+
+        @inlineCallbacks
         def test_garbage_stream(self):
             """Garbage is refused; the copy stays at its previous snapshot."""
             yield self.volume_with_data()
             s1 = yield self.pool.snapshot(self.name, "s1")
             target = self.other_pool()
             yield copy_snapshot(self.pool, s1, target)
+            before = yield self.contents(target)
             receiver = target.receive(self.name)
             receiver.write(b"this is not a stream\n" * 5000)
             receiver.finish()
-            yield self.assert_unchanged_after(target, receiver.done, s1)
+            yield self.assert_unchanged_after(target, receiver.done, s1, before=before)
 
         @inlineCallbacks
         def test_garbage_new_volume(self):
@@ -670,10 +715,11 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             """A stream that ends early fails and changes nothing; the whole
             stream is received afterwards."""
             target, s1, s2, data = yield self.increment_stream()
+            before = yield self.contents(target)
             receiver = target.receive(self.name)
             receiver.write(data[:len(data) // 2])
             receiver.finish()
-            yield self.assert_unchanged_after(target, receiver.done, s1)
+            yield self.assert_unchanged_after(target, receiver.done, s1, before=before)
             receiver = target.receive(self.name)
             receiver.write(data)
             receiver.finish()
@@ -686,13 +732,14 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             """``abort()`` cuts the stream: the receive fails saying so and
             changes nothing; the stream can be received again."""
             target, s1, s2, data = yield self.increment_stream()
+            before = yield self.contents(target)
             receiver = target.receive(self.name)
             receiver.write(data[:len(data) // 2])
             # Let the receiver take in what it has been given.
             yield deferLater(reactor, 0.2, lambda: None)
             receiver.abort("operator said stop")
             error = yield self.assert_unchanged_after(
-                target, receiver.done, s1)
+                target, receiver.done, s1, before=before)
             self.assertIn("cut", str(error))
             self.assertIn("operator said stop", str(error))
             received = yield copy_snapshot(self.pool, s2, target, base=s1)
@@ -703,12 +750,13 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             """A send that stops half way cuts the receive, which fails and
             changes nothing."""
             target, s1, s2, data = yield self.increment_stream()
+            before = yield self.contents(target)
             receiver = target.receive(self.name)
             dying = DyingSender(receiver)
             stream = self.pool.send(s2, dying, base=s1)
             stream.done.addCallbacks(lambda _: receiver.finish(),
                                      receiver.abort)
-            yield self.assert_unchanged_after(target, receiver.done, s1)
+            yield self.assert_unchanged_after(target, receiver.done, s1, before=before)
             self.assertTrue(dying.killed)
 
         @inlineCallbacks

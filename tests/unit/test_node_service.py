@@ -295,7 +295,11 @@ class ReadinessTests(TestCase):
         import socket as socket_module
         from flocker_async.node._sdnotify import SystemdNotifier
         from flocker_async.node.service import _Listener
-        path = os.path.abspath(self.mktemp())
+        import tempfile
+        directory = tempfile.mkdtemp(prefix="fa-")  # AF_UNIX paths are short
+        self.addCleanup(os.rmdir, directory)
+        path = os.path.join(directory, "notify")
+        self.addCleanup(os.unlink, path)
         sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM)
         sock.bind(path)
         sock.setblocking(False)
