@@ -10,7 +10,7 @@ APT_PACKAGES := zfs-fuse btrfs-progs iptables docker.io debootstrap \
 	openssh-server kmod
 TRIAL_ARGS ?= tests
 
-.PHONY: test deps apt-deps venv demo clean
+.PHONY: test deps apt-deps venv demo bench clean
 
 test: deps
 	@rm -f .test.log
@@ -36,6 +36,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q --config-settings editable_mode=compat -e '.[test]'
 	touch $@
+
+demo: deps
+	$(VENV)/bin/python -m flocker_async.lab.demo $(if $(KEEP),--keep,)
 
 clean:
 	rm -rf $(VENV) _trial_temp* .test.log *.egg-info
