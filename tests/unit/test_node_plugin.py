@@ -12,7 +12,7 @@ import textwrap
 from twisted.application.service import IServiceMaker, Service
 from twisted.plugin import IPlugin
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from flocker_async.config import ConfigurationError, Problem
@@ -299,3 +299,40 @@ class SystemdUnitTests(TestCase):
                     "TemporaryFileSystem", "DevicePolicy", "DeviceAllow",
                     "CapabilityBoundingSet", "IPAddressDeny"):
             self.assertEqual(self.values(key), [], key)
+
+
+class VagrantProvisioningTests(SynchronousTestCase):
+    """The Vagrant cluster's provisioning script (VMs cannot run here, so
+    this checks what can be checked without them)."""
+
+    ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+    def script(self):
+        with open(os.path.join(self.ROOT, "config", "vagrant-provision.sh")) as f:
+            return f.read()
+
+    def test_shell_syntax(self):
+        result = subprocess.run(["bash", "-n", os.path.join(
+            self.ROOT, "config", "vagrant-provision.sh")], capture_output=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_node_yml_it_writes_is_valid(self):
+        from flocker_async.node._config import node_configuration_from_document
+        text = self.script()
+        body = text.split("<<NODE\n", 1)[1].split("\nNODE\n", 1)[0]
+        body = body.replace("${address}", "172.16.255.250")
+        configuration = node_configuration_from_document(body.encode(), "node.yml")
+        self.assertEqual(configuration.address, "172.16.255.250")
+        self.assertEqual(configuration.zfs.pool, "flocker")
+
+    def test_vagrantfile_uses_the_script_and_tutorial_addresses(self):
+        with open(os.path.join(self.ROOT, "Vagrantfile")) as f:
+            vagrantfile = f.read()
+        self.assertIn('path: "config/vagrant-provision.sh"', vagrantfile)
+        with open(os.path.join(self.ROOT, "config", "examples",
+                               "mysql-deployment.yml")) as f:
+            deployment = f.read()
+        for address in ("172.16.255.250", "172.16.255.251"):
+            self.assertIn(address, vagrantfile)
+            self.assertIn(address, deployment)
+        self.assertIn("/vagrant/config/flocker-node.service", self.script())
