@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := zfs-fuse btrfs-progs iptables docker.io debootstrap \
 	mariadb-client socat conntrack iproute2 busybox-static openssh-client \
-	openssh-server kmod
+	openssh-server kmod ruby shellcheck
 TRIAL_ARGS ?= tests
 
 .PHONY: test deps apt-deps venv demo bench clean

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -121,6 +122,21 @@ class LabTestCase(SynchronousTestCase):
                     raise
                 time.sleep(0.2)
 
+    def mysql(self, address, sql, database=None, timeout=90.0):
+        argv = [shutil.which("mariadb") or "mysql", "-h", address, "-uroot",
+                "-pclusterhq", "--connect-timeout=5", "-N", "-B"]
+        if database:
+            argv.append(database)
+        argv += ["-e", sql]
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if result.returncode == 0:
+                return result.stdout
+            if time.monotonic() > deadline:
+                self.fail("mysql on %s failed: %s" % (address, result.stderr))
+            time.sleep(1)
+
     def zfs_props(self, node, volume):
         pool = self.lab.node(node).pool
         out = subprocess.run(
@@ -183,21 +199,6 @@ class HTTPMoveTests(LabTestCase):
 
 
 class MySQLMoveTests(LabTestCase):
-    def mysql(self, address, sql, database=None, timeout=90.0):
-        argv = [shutil.which("mariadb") or "mysql", "-h", address, "-uroot",
-                "-pclusterhq", "--connect-timeout=5", "-N", "-B"]
-        if database:
-            argv.append(database)
-        argv += ["-e", sql]
-        deadline = time.monotonic() + timeout
-        while True:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-            if result.returncode == 0:
-                return result.stdout
-            if time.monotonic() > deadline:
-                self.fail("mysql on %s failed: %s" % (address, result.stderr))
-            time.sleep(1)
-
     def test_mysql_move(self):
         """Flocker's tutorial: MySQL on n1, rows written, moved to n2, rows
         read back through both nodes' addresses."""
@@ -218,3 +219,84 @@ class MySQLMoveTests(LabTestCase):
                       self.node_exec("n2", ["docker", "ps"]))
         self.assertNotIn("flocker-mysql-volume-example",
                          self.node_exec("n1", ["docker", "ps"]))
+
+
+class UnrelatedConnectionTests(LabTestCase):
+    def test_proxied_connection_survives_another_move(self):
+        """A client connected through node 1's proxy to MySQL on node 2
+        keeps its connection and its answers while another application
+        moves from node 1 to node 2 (its rules are replaced around it)."""
+        both = MYSQL_APP + HTTP_APP.split("applications:\n", 1)[1]
+        self.flocker_deploy(deployment([(self.n1, ["web"]),
+                                        (self.n2, ["mysql-volume-example"])]), both)
+        self.mysql(self.n1, "SELECT 1")  # MySQL answers through n1's proxy
+        client = subprocess.Popen(
+            [shutil.which("mariadb") or "mysql", "-h", self.n1, "-uroot",
+             "-pclusterhq", "-N", "-B", "--unbuffered"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1)
+        self.addCleanup(client.kill)
+
+        def ask(n):
+            client.stdin.write("SELECT %d, CONNECTION_ID();\n" % (n,))
+            client.stdin.flush()
+            return client.stdout.readline().split()
+
+        first = ask(0)
+        self.assertEqual(first[0], "0")
+        answers = []
+        stop = threading.Event()
+
+        def keep_asking():
+            n = 1
+            while not stop.is_set() and n < 2000:
+                answers.append((n, ask(n)))
+                n += 1
+                time.sleep(0.05)
+        asker = threading.Thread(target=keep_asking, daemon=True)
+        asker.start()
+        self.flocker_deploy(deployment([(self.n1, []), (self.n2, [
+            "web", "mysql-volume-example"])]), both)
+        time.sleep(0.5)
+        stop.set()
+        asker.join(30)
+        self.assertGreater(len(answers), 5)
+        for n, answer in answers:
+            self.assertEqual(answer, [str(n), first[1]])  # same connection
+        client.stdin.close()
+        self.assertEqual(client.wait(30), 0, client.stderr.read())
+
+
+class CommandLineTests(LabTestCase):
+    def test_dry_run_changes_nothing(self):
+        self.flocker_deploy(deployment([(self.n1, ["web"]), (self.n2, [])]), HTTP_APP)
+        before = (self.node_exec("n1", ["docker", "ps", "-q"]),
+                  self.node_exec("n2", ["docker", "ps", "-q"]),
+                  self.node_exec("n1", ["iptables-save"]).count("flocker"),
+                  self.node_exec("n2", ["iptables-save"]).count("flocker"))
+        dep = self.write("moved.yml", deployment([(self.n1, []), (self.n2, ["web"])]))
+        app = self.write("app.yml", HTTP_APP)
+        env = dict(os.environ)
+        env.update(self.lab.env())
+        result = subprocess.run([os.path.join(BIN, "flocker-deploy"), "--dry-run",
+                                 dep, app], env=env, capture_output=True, text=True,
+                                timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("push volume web to %s" % (self.n2,), result.stdout)
+        self.assertIn("wait for %s to hand volume web over" % (self.n1,), result.stdout)
+        after = (self.node_exec("n1", ["docker", "ps", "-q"]),
+                 self.node_exec("n2", ["docker", "ps", "-q"]),
+                 self.node_exec("n1", ["iptables-save"]).count("flocker"),
+                 self.node_exec("n2", ["iptables-save"]).count("flocker"))
+        self.assertEqual(before, after)
+        pool = self.lab.node("n2").pool
+        listing = subprocess.run(["zfs", "list", "-H", "-r", "-o", "name", pool],
+                                 capture_output=True, text=True).stdout
+        self.assertNotIn("%s/web" % (pool,), listing)
+
+    def test_unreachable_node_exits_2_naming_it(self):
+        missing = self.n1.rsplit(".", 1)[0] + ".99"  # on the lab subnet, no node
+        output = self.flocker_deploy(
+            deployment([(self.n1, ["web"]), (missing, [])]), HTTP_APP, expect=2)
+        self.assertIn("node %s failed" % (missing,), output)
+        self.assertEqual(self.node_exec("n1", ["docker", "ps", "-q"]), "")

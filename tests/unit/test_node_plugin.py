@@ -336,3 +336,14 @@ class VagrantProvisioningTests(SynchronousTestCase):
             self.assertIn(address, vagrantfile)
             self.assertIn(address, deployment)
         self.assertIn("/vagrant/config/flocker-node.service", self.script())
+
+    def test_vagrantfile_ruby_syntax(self):
+        result = subprocess.run(["ruby", "-c", os.path.join(self.ROOT, "Vagrantfile")],
+                                capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Syntax OK", result.stdout)
+
+    def test_provisioning_script_shellcheck(self):
+        result = subprocess.run(["shellcheck", os.path.join(
+            self.ROOT, "config", "vagrant-provision.sh")], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
