@@ -20,6 +20,8 @@ from twisted.conch.ssh import keys
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from .._fs import write_atomically
+
 __all__ = [
     "HOST_KEY_FILE",
     "NODE_KEY_FILE",
@@ -113,27 +115,6 @@ def ensure_private_directory(path: PathLike) -> FilePath:
     return FilePath(directory)
 
 
-def _write_atomically(path: str, data: bytes, mode: int) -> None:
-    # Temporary file, fsync, rename: a crash leaves the old file or the new
-    # one, never a truncated key.
-    temporary = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, path)
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def load_or_create_key(path: PathLike, comment: str = "") -> keys.Key:
     """
     Load the ed25519 private key at ``path``, creating it (0600, with a
@@ -145,8 +126,8 @@ def load_or_create_key(path: PathLike, comment: str = "") -> keys.Key:
     ensure_private_directory(os.path.dirname(os.path.abspath(path)))
     if not os.path.exists(path):
         key = generate_key()
-        _write_atomically(path, key.toString("openssh"), 0o600)
-        _write_atomically(path + ".pub",
+        write_atomically(path, key.toString("openssh"), 0o600)
+        write_atomically(path + ".pub",
                           (public_key_line(key, comment) + "\n").encode("ascii"), 0o644)
         _log.info("created SSH key {path} {fingerprint}", path=path,
                   fingerprint=fingerprint(key))
@@ -212,7 +193,7 @@ def add_known_host(path: PathLike, host: str, port: int, key: keys.Key) -> None:
             existing = f.read()
     if existing and not existing.endswith(b"\n"):
         existing += b"\n"
-    _write_atomically(path, existing + line.encode("ascii"), 0o644)
+    write_atomically(path, existing + line.encode("ascii"), 0o644)
 
 
 @frozen

@@ -27,6 +27,7 @@ import subprocess
 import time
 import uuid
 
+from flocker_async.lab._dockerd import ping
 from tests.testtools.netns import PREFIX, host_routes, run
 
 BASE_DIR = "/var/tmp/fat-dockerd"
@@ -63,19 +64,6 @@ def _free_bridge_subnet():
         if not any(candidate.overlaps(n) for n in used):
             return candidate
     raise RuntimeError("no free bridge subnet under 10.214.0.0/16")
-
-
-def _ping(socket_path: str, timeout: float = 1.0) -> bool:
-    """Whether the engine answers ``/_ping`` with 200 (blocking, set-up only)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(socket_path)
-            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            reply = s.recv(64)
-    except OSError:
-        return False
-    return reply.startswith(b"HTTP/1.") and b" 200 " in reply[:16]
 
 
 class Dockerd:
@@ -135,7 +123,7 @@ class Dockerd:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
-        while not _ping(self.socket_path):
+        while not ping(self.socket_path):
             if self.process.poll() is not None:
                 raise RuntimeError("dockerd exited with status %s:\n%s" % (
                     self.process.returncode, self.log_tail()))
