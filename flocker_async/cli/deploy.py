@@ -214,6 +214,14 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
     deployment = load(options, err)
     if deployment is None:
         return EXIT_CONFIGURATION
+    clashes = sorted(app.name for _, app in deployment.applications()
+                     if any(p.external_port == options["port"] for p in app.ports))
+    if clashes:
+        err.write("%s: applications %s publish external port %d, the port "
+                  "flocker-node listens on: every node would forward it away "
+                  "from the daemon; choose another external port\n"
+                  % (options["application_file"], ", ".join(clashes), options["port"]))
+        return EXIT_CONFIGURATION
     from twisted.conch.ssh import keys
     try:
         identity = keys.Key.fromFile(options["identity"])

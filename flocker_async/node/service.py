@@ -65,7 +65,7 @@ class NodeConvergence(Service):
     def __init__(self, deployer: Deployer, store: DesiredStateStore, reactor,
                  interval: float, authorizer: KeyAuthorizer, peers,
                  known_hosts_path: str, periodic_handoff_timeout: float = 5.0,
-                 apply_handoff_timeout: float = 120.0):
+                 apply_handoff_timeout: float = 120.0, ssh_port: int = 4522):
         self.deployer = deployer
         self.store = store
         self.reactor = reactor
@@ -75,6 +75,7 @@ class NodeConvergence(Service):
         self.known_hosts_path = known_hosts_path
         self.periodic_handoff_timeout = periodic_handoff_timeout
         self.apply_handoff_timeout = apply_handoff_timeout
+        self.ssh_port = ssh_port
         self.request = None
         self.lock = defer.DeferredLock()
         self._loop = None
@@ -118,6 +119,13 @@ class NodeConvergence(Service):
             raise ConfigurationError([_problem(
                 "deploy_id", "this node is held by another deploy (%s); "
                 "nothing was changed" % (self.describe_lease(),))])
+        taken = sorted(app.name for _, app in request.deployment.applications()
+                       if any(p.external_port == self.ssh_port for p in app.ports))
+        if taken:
+            raise ConfigurationError([_problem(
+                "applications", "external port %d is this node's flocker-node "
+                "SSH port (applications %s); nothing was changed"
+                % (self.ssh_port, ", ".join(taken)))])
         if request.node != self.deployer.hostname:
             raise ConfigurationError([_problem(
                 "node", "this node is %s; the request is for %s"
@@ -413,7 +421,8 @@ def make_node_service(configuration: NodeConfiguration, reactor=None) -> IServic
                         container_address=docker.address)
     convergence = NodeConvergence(
         deployer, DesiredStateStore(state_directory), reactor,
-        configuration.convergence_interval, authorizer, peers, known_hosts)
+        configuration.convergence_interval, authorizer, peers, known_hosts,
+        ssh_port=configuration.ssh_port)
     factory = make_ssh_factory(reactor, keys.host_key, authorizer,
                                node_commands(convergence, keys, configuration.ssh_port))
     listen = configuration.listen_address

@@ -128,3 +128,15 @@ class SetupErrorTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertIn("nodes: expected a mapping", err)
         self.assertNotIn("identity", err)  # validation came first
+
+    def test_external_port_of_the_daemon_refused(self):
+        app = self.mktemp()
+        with open(app, "w") as f:
+            f.write("version: 1\napplications:\n  ssh-app:\n    image: busybox\n"
+                    "    ports: [{internal: 22, external: 4522}]\n")
+        dep = self.mktemp()
+        with open(dep, "w") as f:
+            f.write("version: 1\nnodes:\n  10.0.0.1: [ssh-app]\n")
+        status, out, err = self.run_cli(["-i", "/nonexistent/key", dep, app])
+        self.assertEqual(status, 1)
+        self.assertIn("publish external port 4522, the port flocker-node listens on", err)

@@ -170,6 +170,21 @@ class NodeServiceTests(TestCase):
         self.assertEqual((yield node.docker.list()), frozenset())
 
     @defer.inlineCallbacks
+    def test_daemon_port_never_proxied(self):
+        """A node refuses a deployment publishing its own SSH port: every
+        node would forward it away from the daemons."""
+        sneaky = Application(name="sneaky", image=IMAGE, ports=[Port(22, 4522)])
+        deployment = Deployment(nodes=[Node("127.0.0.2", [sneaky])])
+        infos = yield Deferred_from(deploy_lib.gather(
+            reactor, self.client, deployment, self.port))
+        error = yield self.assertFailure(Deferred_from(deploy_lib.apply_all(
+            self.client, deployment, infos, self.port, lambda n, e: None)),
+            deploy_lib.DeployFailed)
+        self.assertIn("external port 4522 is this node's flocker-node SSH port",
+                      str(error))
+        self.assertIsNone(self.nodes["127.0.0.2"].store.load())
+
+    @defer.inlineCallbacks
     def test_operator_cannot_receive(self):
         """Peer commands are refused to the operator's key."""
         from flocker_async.ssh import RemoteCommandFailed
