@@ -35,10 +35,14 @@ __all__ = [
 
 # Measured with bench/ssh_stream.py over loopback: conch's defaults (128 KiB
 # window) stall on window round trips (~27 MB/s); a 2 MiB window (OpenSSH's
-# own) reaches OpenSSH's rate.  Packets above 32 KiB were slower, as conch
-# reassembles each incoming packet by concatenating its receive buffer.
-# The window is also the memory bound per stream in each direction.
-DEFAULT_WINDOW_SIZE = 2 * 1024 * 1024
+# own) reaches OpenSSH's rate between two processes.  A volume push between
+# two daemons, with zfs-fuse competing for the same cores, stalled at 2 MiB
+# (75-105 MB/s in bench/transfer.py) and ran at ~230 MB/s with 8 MiB; 16 MiB
+# was no faster and doubled the sender's memory growth.  Packets above 32 KiB
+# were slower, as conch reassembles each incoming packet by concatenating its
+# receive buffer.  The window is also the memory bound per stream in each
+# direction.
+DEFAULT_WINDOW_SIZE = 8 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024
 
 _log = Logger(namespace="flocker_async.ssh")
