@@ -49,6 +49,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(VENV)/bin/pip install -q --config-settings editable_mode=compat -e '.[test]'
 	touch $@
 
+BENCH_OUT ?= bench-results
+
+bench: deps
+	@mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/python bench/transfer.py --json $(BENCH_OUT)/transfer.json
+	$(VENV)/bin/python bench/downtime.py --json $(BENCH_OUT)/downtime.json
+	$(VENV)/bin/python bench/converge.py --json $(BENCH_OUT)/converge.json
+	@$(VENV)/bin/python bench/report.py $(BENCH_OUT)/transfer.json \
+	  $(BENCH_OUT)/downtime.json $(BENCH_OUT)/converge.json
+
 demo: deps
 	$(VENV)/bin/python -m flocker_async.lab.demo $(if $(KEEP),--keep,)
 
