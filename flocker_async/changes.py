@@ -55,6 +55,7 @@ __all__ = [
     "WaitForPort",
     "PushVolume",
     "HandoffVolume",
+    "RecordOwner",
     "WaitForHandoff",
     "ReportProblem",
     "container_application",
@@ -300,6 +301,24 @@ class HandoffVolume:
 
 @implementer(IStateChange)
 @frozen
+class RecordOwner:
+    """This node's read-only copy still names itself owner, but ``owner``
+    has acquired the volume (the handoff was cut between the peer's
+    ``acquire`` and recording it here): record the new owner."""
+
+    name: str
+    owner: str
+
+    @property
+    def summary(self) -> str:
+        return "record %s as the owner of volume %s" % (self.owner, self.name)
+
+    def run(self, deployer):
+        return deployer.record_owner(self.name, self.owner)
+
+
+@implementer(IStateChange)
+@frozen
 class WaitForHandoff:
     """Wait until ``source`` has handed the volume over to this node."""
 
@@ -385,7 +404,7 @@ def calculate_changes(
             steps, route = _converge_here(hostname, app, local, cluster, running, digest)
         else:
             steps, route = _converge_elsewhere(
-                hostname, node.hostname, app, local, running)
+                hostname, node.hostname, app, local, cluster, running)
         if ports or route is not None:
             if route is not None:
                 initial_routes[app.name] = (ports, route)
@@ -445,9 +464,32 @@ def _converge_here(hostname, app, local: NodeState, cluster: ClusterState,
     return steps + _start(container, ports), (HELD if ports else None)
 
 
+def _acquired_elsewhere(hostname, name, local: NodeState,
+                        cluster: ClusterState) -> Optional[str]:
+    """
+    The node that acquired ``name`` from us when our copy still names us
+    but is read-only: another node's copy names itself owner, which only
+    ``acquire`` does after our final push.  Pushing again would be refused
+    (its copy is live), so the move would never finish.
+    """
+    ours = local.volume(name)
+    if ours is None or ours.owner != hostname or ours.writable:
+        return None
+    others = sorted((not n.volume(name).writable, n.hostname)
+                    for n in cluster.nodes
+                    if n.hostname != hostname and n.claims(name))
+    return others[0][1] if others else None
+
+
 def _converge_elsewhere(hostname, target, app, local: NodeState,
-                        running) -> Tuple[List, Optional[Route]]:
+                        cluster: ClusterState, running) -> Tuple[List, Optional[Route]]:
     ports = _ports(app)
+    acquired_by = (_acquired_elsewhere(hostname, app.name, local, cluster)
+                   if app.volume is not None else None)
+    if acquired_by is not None:
+        steps = [StopApplication(app.name)] if running is not None else []
+        steps.append(RecordOwner(app.name, acquired_by))
+        return steps, (proxy_to(target) if ports else None)
     if app.volume is not None and local.claims(app.name):
         # This node has the live copy: move it to the target.
         steps = [PushVolume(app.name, target)]

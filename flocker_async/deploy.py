@@ -71,7 +71,13 @@ def _resolve(reactor, name: str) -> Deferred:
     return deferToThread(lookup)
 
 
+class NodeReported(Exception):
+    """A node's own account of why its ``apply`` failed."""
+
+
 def _explain(error) -> str:
+    if isinstance(error, NodeReported):
+        return str(error)
     if isinstance(error, RemoteCommandFailed) and error.result.stderr_text:
         return error.result.stderr_text
     if isinstance(error, SSHError):
@@ -167,7 +173,7 @@ async def _apply_one(client: SSHClient, info: NodeInfo, port: int, request: byte
                          stdout_consumer=lines)
     except SSHError as e:
         if lines.result is not None and lines.result.get("errors"):
-            raise RuntimeError("; ".join(lines.result["errors"]))
+            raise NodeReported("; ".join(lines.result["errors"]))
         raise
     return lines.result or {"result": "ok"}
 

@@ -158,6 +158,7 @@ def describe(event: dict) -> Optional[str]:
         "listening": "listening:", "wait-handoff": "waiting for the volume of",
         "acquire": "handing over volume", "acquired": "took ownership of volume",
         "handed-over": "handed over volume", "received": "received volume",
+        "record-owner": "recorded the new owner of volume",
         "unroute": "removed routes of",
     }
     return "%s %s" % (words.get(action, action), app)

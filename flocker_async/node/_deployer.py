@@ -210,6 +210,18 @@ class Deployer:
         return self.pool.set_read_only(VolumeName(name), False)
 
     async def _send_newest(self, name: str, to: str, phase: str) -> Snapshot:
+        try:
+            return await self._send_newest_snapshot(name, to, phase)
+        except (ChangeFailed, defer.CancelledError):
+            raise
+        except Exception as e:
+            # Say which transfer failed: the peer's words alone ("cannot
+            # connect", "out of space") do not.
+            raise ChangeFailed("%s volume %s to %s failed: %s" % (
+                "pushing" if phase == "push" else "the final push of",
+                name, to, e)) from e
+
+    async def _send_newest_snapshot(self, name: str, to: str, phase: str) -> Snapshot:
         volume = VolumeName(name)
         theirs = await self.peers.snapshots(to, name)
         snapshot = await self.pool.snapshot(volume)
@@ -271,6 +283,11 @@ class Deployer:
     def handoff_volume(self, name: str, to: str) -> Deferred:
         return Deferred.fromCoroutine(self._handoff(name, to))
 
+    def record_owner(self, name: str, owner: str) -> Deferred:
+        """Our read-only copy of ``name`` now belongs to ``owner``."""
+        self.emit("record-owner", name, owner=owner)
+        return self.pool.set_owner(VolumeName(name), owner)
+
     def note_activity(self, name: str):
         """A peer is pushing or handing ``name`` over: keep waiting."""
         self._activity[name] = self.reactor.seconds()
@@ -287,8 +304,17 @@ class Deployer:
             if current is not None and not current.owned_by(self.hostname):
                 self.emit("discard-replica", name)
                 await self.pool.discard_replica(volume)
-        return _ActivityReceiver(self.pool.receive(volume),
-                                 lambda: self.note_activity(name))
+        stream = self.pool.receive(volume)
+
+        def failed(failure):
+            # Whoever waits for this volume's handoff learns now, with the
+            # reason, instead of when the source's next retry stops coming.
+            for waiter in list(self._handoff_waiters.get(name, [])):
+                if not waiter.called:
+                    waiter.callback(failure.getErrorMessage())
+            return failure
+        stream.done.addErrback(failed)
+        return _ActivityReceiver(stream, lambda: self.note_activity(name))
 
     async def _wait_for_handoff(self, name: str, source: str):
         try:
@@ -298,7 +324,11 @@ class Deployer:
         except VolumeNotFound:
             pass
         self.emit("wait-handoff", name, source=source)
+        # Fires with None once acquired, or with why a push from the source
+        # failed here.
         waiter = Deferred()
+        outcome = []
+        waiter.addCallback(outcome.append)
         self._handoff_waiters.setdefault(name, []).append(waiter)
         started = self.reactor.seconds()
         try:
@@ -310,6 +340,9 @@ class Deployer:
                         "%s did not hand volume %s over: nothing arrived from it "
                         "for %d s" % (source, name, self.handoff_timeout))
                 await _first(self.reactor, waiter, min(remaining, 5.0))
+            if outcome and outcome[0] is not None:
+                raise ChangeFailed("%s could not push volume %s here: %s"
+                                   % (source, name, outcome[0]))
         finally:
             waiters = self._handoff_waiters.get(name, [])
             if waiter in waiters:

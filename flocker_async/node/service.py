@@ -34,6 +34,7 @@ from ..ssh import (
     OPERATOR,
     PEER,
     Command,
+    StdinTooLarge,
     CommandError,
     KeyAuthorizer,
     make_ssh_factory,
@@ -230,10 +231,18 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
     async def apply(role, args, session):
         if args:
             raise CommandError("usage: apply (the request on stdin)", 2)
-        data = await session.read_stdin(MAX_REQUEST_BYTES)
 
         def emit(event):
             session.write((json.dumps(event, sort_keys=True) + "\n").encode())
+        try:
+            data = await session.read_stdin(MAX_REQUEST_BYTES)
+        except StdinTooLarge:
+            # Refused like any other invalid request: the client reads the
+            # result line, not only an exit status.
+            emit({"result": "invalid", "node": deployer.hostname,
+                  "errors": ["apply: request larger than %d bytes; nothing was "
+                             "changed" % (MAX_REQUEST_BYTES,)]})
+            return 1
         try:
             await convergence.apply(data, emit)
         except ConfigurationError as e:

@@ -418,6 +418,14 @@ class _CommandChannel(SSHChannel):
         self.conn.sendEOF(self)
         self.loseConnection()
 
+    def closeReceived(self):
+        # The client went away from this channel: output it will never read
+        # (its window stays shut) must not keep the channel, and the command
+        # with it, waiting to drain.
+        self.buf = b""
+        self.extBuf = []
+        SSHChannel.closeReceived(self)
+
     def closed(self):
         self.stdin.connection_lost()
         self.stdout.stop_producer()

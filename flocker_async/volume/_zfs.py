@@ -368,18 +368,37 @@ class ZFSStoragePool:
             raise _Refused(
                 "this node owns volume %r (its writable copy); a volume is "
                 "only ever received into a replica" % (str(name),))
+        if not (yield self.snapshots(name)):
+            # Debris of a full receive that was cut (zfs-fuse leaves the new
+            # dataset behind when zfs recv is killed): no snapshot, so
+            # nothing was ever received into it and nobody's data is in it.
+            # Received into as it is, it would keep its default mountpoint
+            # and no read-only flag.
+            _log.warn("discarding {volume}: a copy with no snapshot, left "
+                      "by an interrupted receive", volume=str(name))
+            try:
+                yield self._zfs("unmount", self._dataset(name))
+            except CommandFailed as e:
+                if "not currently mounted" not in e.stderr_text:
+                    raise
+            yield self._zfs("destroy", "-r", self._dataset(name))
+            return False
         # Receive into an unmounted replica and mount it again afterwards:
         # a mounted one would go on showing the kernel's cached pages of
         # the old contents, not what was received.
         if os.path.ismount(self._mountpoint(name)):
             yield self._zfs("unmount", self._dataset(name))
-        return True
+        # A replica set up elsewhere or not at all (a receive that finished
+        # after it was reported failed) is set up like a new one afterwards.
+        return (volume.mountpoint == self._mountpoint(name)
+                and volume.read_only)
 
     @inlineCallbacks
     def _after_receive(self, name: VolumeName, existed: bool):
         dataset = self._dataset(name)
         if not existed:
-            # A new replica: read-only before it is ever mounted.
+            # A new replica (or one not set up as one): read-only before it
+            # is mounted again.
             yield self._zfs("set", "readonly=on", dataset)
             yield self._zfs("set", "%s=on" % (READ_ONLY_PROPERTY,), dataset)
             yield self._zfs("set", "mountpoint=" + self._mountpoint(name),
@@ -628,13 +647,14 @@ class _ZFSReceiveStream(ProcessProtocol):
         self._aborted = None
         self._existed = None
         self._killer = None
+        self._cut = False
         self._stderr = _Stderr()
         pool._receive_check(name).addCallbacks(self._start, self._refused)
 
     # IConsumer ----------------------------------------------------------
 
     def write(self, data):
-        if self._state == "ended" or self._aborted is not None:
+        if self._state == "ended" or self._aborted is not None or self._cut:
             return
         self.bytes_received += len(data)
         if self._state == "checking":
@@ -682,10 +702,7 @@ class _ZFSReceiveStream(ProcessProtocol):
             # with zfs-fuse, the daemon reading the pipe) sees a truncated
             # stream, discards it and exits.  Killing only the zfs process
             # would leave the daemon waiting on the pipe.
-            stdin = self.transport.pipes.get(0)
-            if stdin is not None:
-                stdin.connectionLost(
-                    Failure(ConnectionDone("receive aborted")))
+            self._cut_stdin()
             self._killer = _kill_later(self._pool._reactor, self.transport)
         elif self._producer is not None:
             producer, self._producer = self._producer, None
@@ -726,11 +743,25 @@ class _ZFSReceiveStream(ProcessProtocol):
         if self._finishing:
             self.transport.closeStdin()
 
+    def _cut_stdin(self):
+        self._cut = True
+        stdin = self.transport.pipes.get(0)
+        if stdin is not None:
+            stdin.connectionLost(Failure(ConnectionDone("receive aborted")))
+
     def connectionMade(self):
         self.transport.closeStdout()
 
     def errReceived(self, data):
         self._stderr.add(data)
+
+    def processExited(self, reason):
+        # zfs recv died (killed, say) with its input still open: with
+        # zfs-fuse the daemon holding the pipe would go on receiving what
+        # we write and complete a receive we report as failed, leaving a
+        # replica without its mountpoint and read-only flag.  Cut it.
+        if not reason.check(ProcessDone) and self._state == "running":
+            self._cut_stdin()
 
     def processEnded(self, reason):
         self._state = "ended"

@@ -168,6 +168,27 @@ class ZFSStreamTests(TestCase):
         return path, snapshot, checksum
 
     @inlineCallbacks
+    def test_receive_over_debris_of_a_cut_receive(self):
+        """A dataset with no snapshot and no owner (what zfs-fuse leaves
+        when a full receive's zfs recv is killed) is replaced by the next
+        full receive, which ends up a proper replica: read-only and mounted
+        under the mount root."""
+        path, snapshot, checksum = yield self.spooled_stream(1 << 20)
+        subprocess.run(["zfs", "create", "-o", "mountpoint=none",
+                        "%s/data" % (self.target.root_dataset,)], check=True)
+        receiver = self.target.receive(self.name)
+        with open(path, "rb") as f:
+            receiver.write(f.read())
+        receiver.finish()
+        received = yield receiver.done
+        self.assertEqual(received.name, "s1")
+        volume = yield self.target.get(self.name)
+        self.assertTrue(volume.read_only)
+        self.assertEqual(volume.mountpoint,
+                         os.path.join(self.target.mount_root, "data"))
+        self.assertEqual(_sha256(os.path.join(volume.mountpoint, "blob")), checksum)
+
+    @inlineCallbacks
     def test_receive_pauses_fast_producer(self):
         """A producer faster than zfs recv is paused when the pipe is full
         and resumed when it drains; the volume arrives intact."""

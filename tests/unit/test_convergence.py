@@ -469,6 +469,48 @@ class InvariantTests(TestCase):
         self.assertEqual((v.owner, v.read_only), (N1, False))
 
     @defer.inlineCallbacks
+    def test_failed_receive_ends_destination_wait(self):
+        """A push the destination fails to receive (its disk is full, say)
+        ends the destination's wait at once with the reason, not after its
+        handoff timeout; the application keeps running on the source."""
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        c.node(N2).handoff_timeout = 600
+        pool = c.node(N2).pool
+        original = pool.receive
+
+        streams = []
+
+        def failing(name):
+            stream = original(name)
+            streams.append(stream)
+            write = stream.write
+
+            def write_then_fail(data):
+                write(data)
+                stream.abort("out of space")
+            stream.write = write_then_fail
+            return stream
+        pool.receive = failing
+        states = yield defer.gatherResults(
+            [d.discover() for d in c.deployers.values()])
+        started = reactor.seconds()
+        results = yield defer.DeferredList(
+            [c.converge(c.node(host), deployment(n1=[], n2=[WEB]), ClusterState(states))
+             for host in (N1, N2)], consumeErrors=True)
+        self.assertLess(reactor.seconds() - started, 30)
+        (ok1, source), (ok2, destination) = results
+        self.assertFalse(ok1)
+        self.assertIn("pushing volume web to %s failed" % (N2,), str(source.value))
+        self.assertFalse(ok2)
+        self.assertIn("%s could not push volume web here" % (N1,),
+                      str(destination.value))
+        self.assertIn("out of space", str(destination.value))
+        self.assertTrue((yield c.units(N1))["web"].running)
+        for stream in streams:  # failed as intended; nobody else awaits them
+            stream.done.addErrback(lambda failure: None)
+
+    @defer.inlineCallbacks
     def test_unchanged_application_rules_never_disappear(self):
         """Every routing transaction during a move keeps the other
         application's rules, so its open connections survive."""
@@ -565,3 +607,39 @@ class CrashRecoveryTests(TestCase):
 
     def test_crash_at_acquire(self):
         return self.crash_at("acquire", 1)
+
+    @defer.inlineCallbacks
+    def test_crash_after_acquire_before_owner_recorded(self):
+        """The source dies after the destination acquired the volume but
+        before recording the new owner on its own copy: that copy, read-only,
+        still names the source.  The next deploy must not push into the
+        destination's live copy (refused forever): the source records the
+        owner the cluster reports and the move completes."""
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        yield c.write(N1, "web", "acked", b"every acknowledged write")
+        pool = c.node(N1).pool
+        original = pool.set_owner
+
+        def crashing(*args, **kwargs):
+            pool.set_owner = original
+            return defer.fail(RuntimeError("daemon killed after acquire"))
+        pool.set_owner = crashing
+        try:
+            yield c.deploy(deployment(n1=[], n2=[WEB]))
+        except Exception:
+            pass
+        v1 = yield pool.get(VolumeName("web"))
+        self.assertEqual((v1.owner, v1.read_only), (N1, True))
+        yield c.deploy(deployment(n1=[], n2=[WEB]))
+        yield c.deploy(deployment(n1=[], n2=[WEB]))
+        self.assertEqual((yield c.units(N1)), {})
+        self.assertTrue((yield c.units(N2))["web"].running)
+        self.assertEqual(c.read(N2, "web", "acked"), b"every acknowledged write")
+        for host in (N1, N2):
+            v = yield c.node(host).pool.get(VolumeName("web"))
+            self.assertEqual((v.owner, v.read_only), (N2, host != N2))
+        # And back: the old source takes the volume again, incrementally.
+        yield c.write(N2, "web", "later", b"written on n2")
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        self.assertEqual(c.read(N1, "web", "later"), b"written on n2")

@@ -666,6 +666,23 @@ class StreamingTests(SSHTestCase):
         result = await running
         self.assertEqual(result.stdout, b"%d\n" % (self.total,))
 
+    async def test_server_closes_while_stdin_waits(self):
+        """
+        The server ends the command without reading stdin (a receive that
+        failed) while the client holds more than a window of it: the run
+        fails at once with the command's status and the producer is
+        stopped, rather than waiting for a window that never opens.
+        """
+        server = await self.start_server()
+        producer = ZeroProducer(self.total)
+        connection = await server.connect(key=server.peer_key, idle_timeout=60)
+        running = connection.run(["exit", "3"], stdin_producer=producer)
+        running.addTimeout(10, reactor)
+        e = await self.assert_fails(running, ssh.RemoteCommandFailed)
+        self.assertEqual(e.status, 3)
+        self.assertTrue(producer.stopped)
+        self.assertLess(producer.sent, self.total)
+
     async def test_stdout_backpressure(self):
         """
         A slow stdout consumer on the client pauses the server's producer;
