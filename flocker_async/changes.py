@@ -500,7 +500,9 @@ def _converge_elsewhere(hostname, target, app, local: NodeState,
         steps.append(HandoffVolume(app.name, target))
         if ports:
             steps.append(SetRoute(app.name, ports, proxy_to(target)))
+        # Not serving here yet: hold, not proxy, since the target forwards
+        # to us until it acquires the volume (a proxy both ways would loop).
         return steps, (LOCAL if running is not None and running.running else
-                       proxy_to(target)) if ports else None
+                       HELD) if ports else None
     steps = [StopApplication(app.name)] if running is not None else []
     return steps, (proxy_to(target) if ports else None)

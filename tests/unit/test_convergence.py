@@ -138,6 +138,17 @@ class CalculateChangesTests(TestCase):
             StopApplication("web"), HandoffVolume("web", N2),
             SetRoute("web", (8080,), proxy_to(N2))])
 
+    def test_move_of_stopped_application_holds_instead_of_looping(self):
+        """The source of a move whose application is not running holds the
+        ports: proxying to the target, which proxies back until it owns the
+        volume, would loop connections between the two."""
+        state = NodeState(N1, [], [VolumeState("web", N1, True)])
+        steps = flatten(calculate_changes(
+            N1, deployment(n1=[], n2=[WEB]), ClusterState([state, NodeState(N2)]),
+            fixed_digest))
+        self.assertEqual(steps[0], SetRoutes([("web", (8080,), HELD)]))
+        self.assertEqual(steps[-1], SetRoute("web", (8080,), proxy_to(N2)))
+
     def test_move_destination(self):
         source = NodeState(N1, [ApplicationState("web", True, "x")],
                            [VolumeState("web", N1, True)])
