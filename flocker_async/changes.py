@@ -55,6 +55,7 @@ __all__ = [
     "WaitForPort",
     "PushVolume",
     "HandoffVolume",
+    "MoveOut",
     "RecordOwner",
     "WaitForHandoff",
     "ReportProblem",
@@ -301,6 +302,33 @@ class HandoffVolume:
 
 @implementer(IStateChange)
 @frozen
+class MoveOut:
+    """
+    The source's side of a move: push the volume while the application
+    runs, hold its ports, stop it, hand the volume over (final increment,
+    ``acquire``), proxy to the target.  If the handoff fails before
+    ``acquire`` was sent, the move is undone: the volume is made writable
+    again and the application started here again.
+    """
+
+    application: Application
+    to: str
+    ports: Tuple = field(converter=lambda p: tuple(sorted(p)))
+    running: bool
+
+    @property
+    def summary(self) -> str:
+        return ("move %s to %s: push volume %s to %s, hold, stop, hand volume "
+                "%s over to %s, proxy to %s" % (
+                    self.application.name, self.to, self.application.name,
+                    self.to, self.application.name, self.to, self.to))
+
+    def run(self, deployer):
+        return deployer.move_out(self.application, self.to, self.ports, self.running)
+
+
+@implementer(IStateChange)
+@frozen
 class RecordOwner:
     """This node's read-only copy still names itself owner, but ``owner``
     has acquired the volume (the handoff was cut between the peer's
@@ -492,14 +520,11 @@ def _converge_elsewhere(hostname, target, app, local: NodeState,
         return steps, (proxy_to(target) if ports else None)
     if app.volume is not None and local.claims(app.name):
         # This node has the live copy: move it to the target.
-        steps = [PushVolume(app.name, target)]
-        if ports:
-            steps.append(SetRoute(app.name, ports, HELD))
-        if running is not None:
-            steps.append(StopApplication(app.name))
-        steps.append(HandoffVolume(app.name, target))
-        if ports:
-            steps.append(SetRoute(app.name, ports, proxy_to(target)))
+        is_running = running is not None and running.running
+        steps = [MoveOut(container_application(app, hostname), target, ports,
+                         is_running)]
+        if running is not None and not is_running:
+            steps.insert(0, StopApplication(app.name))  # a crashed container
         # Not serving here yet: hold, not proxy, since the target forwards
         # to us until it acquires the volume (a proxy both ways would loop).
         return steps, (LOCAL if running is not None and running.running else

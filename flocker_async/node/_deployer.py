@@ -20,7 +20,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from ..changes import HELD, LOCAL, Route
+from ..changes import HELD, LOCAL, Route, proxy_to
 from ..docker import DockerError, configuration_digest, ensure_image
 from ..model import (
     Application,
@@ -58,6 +58,10 @@ class IPeers(Interface):
 
 class ChangeFailed(Exception):
     """A change could not be made; the message names what and why."""
+
+
+class HandoffNotStarted(ChangeFailed):
+    """A handoff failed before ``acquire`` was sent: nothing changed owner."""
 
 
 def newest_common(ours: List[str], theirs: List[str]) -> Optional[str]:
@@ -270,8 +274,14 @@ class Deployer:
                                "refusing to hand it over"
                                % (name, self.hostname, current.owner))
         # From here no writes: the copy we send is the last word.
-        await self.pool.set_read_only(volume, True)
-        await self._send_newest(name, to, "final-push")
+        try:
+            await self.pool.set_read_only(volume, True)
+            await self._send_newest(name, to, "final-push")
+        except Exception as e:
+            # ``acquire`` was never sent: our copy is still the only live
+            # one, and the move can be undone here.
+            raise HandoffNotStarted("hand volume %s over to %s: %s"
+                                    % (name, to, e)) from e
         self.emit("acquire", name, to=to)
         await self.peers.acquire(to, name)
         await self.pool.set_owner(volume, to)
@@ -282,6 +292,39 @@ class Deployer:
 
     def handoff_volume(self, name: str, to: str) -> Deferred:
         return Deferred.fromCoroutine(self._handoff(name, to))
+
+    async def _move_out(self, application: Application, to: str, ports, running: bool):
+        name = application.name
+        await self.push_volume(name, to)
+        if ports:
+            await self.set_route(name, ports, HELD)
+        if running:
+            await self.stop_application(name)
+        try:
+            await self.handoff_volume(name, to)
+        except HandoffNotStarted as e:
+            # The target cannot take the volume now (gone, full, ...):
+            # serve here again rather than leave the application down until
+            # the target returns.  The next convergence retries the move,
+            # and a bulk push that cannot start stops nothing.
+            self.emit("rollback", name, to=to, reason=str(e))
+            await self.pool.set_read_only(VolumeName(name), False)
+            if running:
+                await self.start_application(application)
+                if ports:
+                    await self.wait_for_port(application)
+            if ports:
+                await self.set_route(name, ports, LOCAL if running else HELD)
+            raise ChangeFailed("the move of %s to %s was undone, it runs here "
+                               "again: %s" % (name, to, e))
+        if ports:
+            await self.set_route(name, ports, proxy_to(to))
+
+    def move_out(self, application: Application, to: str, ports,
+                 running: bool) -> Deferred:
+        """The source's side of a move, undone if the volume could not be
+        handed over (see ``MoveOut``)."""
+        return Deferred.fromCoroutine(self._move_out(application, to, ports, running))
 
     def record_owner(self, name: str, owner: str) -> Deferred:
         """Our read-only copy of ``name`` now belongs to ``owner``."""

@@ -15,6 +15,7 @@ from flocker_async.changes import (
     CreateVolume,
     HandoffVolume,
     InParallel,
+    MoveOut,
     PushVolume,
     Sequentially,
     SetRoute,
@@ -134,9 +135,9 @@ class CalculateChangesTests(TestCase):
             fixed_digest))
         self.assertEqual(steps, [
             SetRoutes([("web", (8080,), LOCAL)]),
-            PushVolume("web", N2), SetRoute("web", (8080,), HELD),
-            StopApplication("web"), HandoffVolume("web", N2),
-            SetRoute("web", (8080,), proxy_to(N2))])
+            MoveOut(WEB, N2, (8080,), True)])
+        self.assertIn("push volume web to %s, hold, stop, hand volume web over"
+                      % (N2,), steps[1].summary)
 
     def test_move_of_stopped_application_holds_instead_of_looping(self):
         """The source of a move whose application is not running holds the
@@ -147,7 +148,7 @@ class CalculateChangesTests(TestCase):
             N1, deployment(n1=[], n2=[WEB]), ClusterState([state, NodeState(N2)]),
             fixed_digest))
         self.assertEqual(steps[0], SetRoutes([("web", (8080,), HELD)]))
-        self.assertEqual(steps[-1], SetRoute("web", (8080,), proxy_to(N2)))
+        self.assertEqual(steps[-1], MoveOut(WEB, N2, (8080,), False))
 
     def test_move_destination(self):
         source = NodeState(N1, [ApplicationState("web", True, "x")],
@@ -520,6 +521,41 @@ class InvariantTests(TestCase):
         self.assertTrue((yield c.units(N1))["web"].running)
         for stream in streams:  # failed as intended; nobody else awaits them
             stream.done.addErrback(lambda failure: None)
+
+    @defer.inlineCallbacks
+    def test_failed_final_push_undoes_the_move(self):
+        """If the volume cannot be handed over (the target died or is full
+        after the application stopped), the source serves again instead of
+        leaving the application down until the target returns."""
+        c = Cluster(self, [N1, N2])
+        yield c.deploy(deployment(n1=[WEB], n2=[]))
+        yield c.write(N1, "web", "acked", b"kept")
+        source = c.node(N1)
+        original = source._send_newest
+
+        def failing(name, to, phase):
+            if phase == "final-push":
+                return defer.fail(RuntimeError("no space left on %s" % (to,)))
+            return original(name, to, phase)
+        source._send_newest = failing
+        try:
+            yield c.deploy(deployment(n1=[], n2=[WEB]))
+        except Exception as e:
+            self.assertIn("was undone, it runs here again", str(e))
+            self.assertIn("no space left", str(e))
+        else:
+            self.fail("the move should have failed")
+        self.assertTrue((yield c.units(N1))["web"].running)
+        volume = yield source.pool.get(VolumeName("web"))
+        self.assertEqual((volume.owner, volume.read_only), (N1, False))
+        routes = yield source.network.get_state()
+        self.assertEqual(routes.open_ports, frozenset([OpenPort("web", 8080)]))
+        self.assertEqual(routes.held_ports, frozenset())
+        self.assertIn("rollback", [e["action"] for e in c.events if e["node"] == N1])
+        # Once the target can take it, the move goes through.
+        source._send_newest = original
+        yield c.deploy(deployment(n1=[], n2=[WEB]))
+        self.assertEqual(c.read(N2, "web", "acked"), b"kept")
 
     @defer.inlineCallbacks
     def test_unchanged_application_rules_never_disappear(self):
