@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .. import __version__
 from ..changes import calculate_changes
@@ -232,8 +233,11 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         if args:
             raise CommandError("usage: apply (the request on stdin)", 2)
 
+        gone = []
+
         def emit(event):
-            session.write((json.dumps(event, sort_keys=True) + "\n").encode())
+            if not gone:
+                session.write((json.dumps(event, sort_keys=True) + "\n").encode())
         try:
             data = await session.read_stdin(MAX_REQUEST_BYTES)
         except StdinTooLarge:
@@ -244,7 +248,28 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
                              "changed" % (MAX_REQUEST_BYTES,)]})
             return 1
         try:
-            await convergence.apply(data, emit)
+            converging = convergence.apply(data, emit)
+        except ConfigurationError as e:
+            emit({"result": "invalid", "node": deployer.hostname,
+                  "errors": [str(p) for p in e.problems]})
+            return 1
+        # If flocker-deploy goes away (Ctrl-C, a lost connection), the node
+        # finishes what it started rather than stopping half way through a
+        # move: only our wait is cancelled, never the convergence.
+        waiting = Deferred(lambda _: gone.append(True))
+
+        def finished(result):
+            if not waiting.called:
+                waiting.callback(result)
+            elif isinstance(result, Failure):
+                log.failure("apply (flocker-deploy gone) failed: {message}",
+                            result, message=result.getErrorMessage())
+            return None
+        converging.addBoth(finished)
+        try:
+            result = await waiting
+            if isinstance(result, Failure):
+                result.raiseException()
         except ConfigurationError as e:
             emit({"result": "invalid", "node": deployer.hostname,
                   "errors": [str(p) for p in e.problems]})

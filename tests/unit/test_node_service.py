@@ -185,6 +185,24 @@ class NodeServiceTests(TestCase):
         self.assertIsNone(self.nodes["127.0.0.2"].store.load())
 
     @defer.inlineCallbacks
+    def test_node_finishes_when_deploy_goes_away(self):
+        """flocker-deploy interrupted mid-move: the nodes finish the move
+        rather than stopping half way."""
+        a, b = "127.0.0.2", "127.0.0.3"
+        yield self.deploy({a: [WEB], b: []})
+        yield self.nodes[a].pool.write_file(VolumeName("web"), "big", os.urandom(1 << 20))
+        moving = self.deploy({a: [], b: [WEB]})
+        yield wait_until(lambda: any(e.get("action") in ("push", "wait-handoff")
+                                     for n, e in self.events))
+        moving.cancel()
+        yield self.assertFailure(moving, deploy_lib.DeployFailed, defer.CancelledError)
+        yield wait_until(lambda: not self.nodes[a].convergence.lock.locked
+                         and not self.nodes[b].convergence.lock.locked, timeout=20)
+        units = yield self.nodes[b].docker.list()
+        self.assertEqual([u.name for u in units if u.running], ["web"])
+        self.assertEqual((yield self.nodes[a].docker.list()), frozenset())
+
+    @defer.inlineCallbacks
     def test_operator_cannot_receive(self):
         """Peer commands are refused to the operator's key."""
         from flocker_async.ssh import RemoteCommandFailed
