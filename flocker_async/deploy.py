@@ -226,12 +226,13 @@ def _sleep(reactor, seconds):
     return d
 
 
-async def hold(reactor, client: SSHClient, name: str, address: str, port: int,
-               deploy_id: str, on_event, wait: float) -> Deferred:
+async def hold(reactor, run, name: str, deploy_id: str, on_event,
+               wait: float) -> Deferred:
     """
-    Hold one node for this deploy (its ``lease`` command); fires with the
-    running command, whose cancellation releases the node.  While another
-    deploy holds the node, wait up to ``wait`` seconds.
+    Hold one node for this deploy (its ``lease`` command, run with
+    ``run(argv, **kwargs)`` on a connection to it); fires with the running
+    command, whose cancellation releases the node.  While another deploy
+    holds the node, wait up to ``wait`` seconds.
     """
     deadline = reactor.seconds() + wait
     told = False
@@ -240,8 +241,7 @@ async def hold(reactor, client: SSHClient, name: str, address: str, port: int,
         lines = _Lines(lambda event: granted.callback(None)
                        if event.get("lease") == "granted" and not granted.called
                        else None)
-        running = client.run(address, port, ["lease", deploy_id],
-                             stdout_consumer=lines)
+        running = run(["lease", deploy_id], stdout_consumer=lines)
 
         def ended(result, granted=granted):
             if not granted.called:
@@ -274,16 +274,32 @@ async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int
                 if not ok]
     if failures:
         raise DeployFailed(failures)
+    # Connect to every node at once (the slow part), then take the leases
+    # one after the other in address order.
+    order = sorted((v, n) for n, (ok, v) in zip(names, results))
+    connected = await defer.DeferredList(
+        [client.connect(address, port) for address, _ in order], consumeErrors=True)
+    failures = [NodeFailure(name, _explain(v.value))
+                for (_, name), (ok, v) in zip(order, connected) if not ok]
+    connections = [v for ok, v in connected if ok]
+    if failures:
+        for connection in connections:
+            connection.close()
+        raise DeployFailed(failures)
     held = []
     try:
-        for address, name in sorted((v, n) for n, (ok, v) in zip(names, results)):
+        for (address, name), connection in zip(order, connections):
             try:
-                held.append(await hold(reactor, client, name, address, port,
-                                       deploy_id, on_event, wait))
+                running = await hold(reactor, connection.run, name, deploy_id,
+                                     on_event, wait)
             except Exception as e:
                 raise DeployFailed([NodeFailure(name, _explain(e))])
+            running.addBoth(lambda _, c=connection: c.close())
+            held.append(running)
     except BaseException:
         release(held)
+        for connection in connections[len(held):]:
+            connection.close()
         raise
     return held
 
