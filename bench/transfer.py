@@ -50,7 +50,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
-    MB, MIB, IMAGE, RSSSampler, bench_lab, cpu_seconds, daemon_pid, deploy, first,
+    MB, IMAGE, RSSSampler, bench_lab, cpu_seconds, daemon_pid, deploy, first,
     machine, pids_named,
     print_table, require_root, say, write_configuration, write_json,
 )

@@ -22,7 +22,6 @@ it (DESIGN.md, "Moving an application"):
 
 from __future__ import annotations
 
-import posixpath
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from attrs import field, frozen
@@ -53,8 +52,6 @@ __all__ = [
     "StartApplication",
     "StopApplication",
     "WaitForPort",
-    "PushVolume",
-    "HandoffVolume",
     "MoveOut",
     "RecordOwner",
     "WaitForHandoff",
@@ -264,40 +261,6 @@ class WaitForPort:
 
     def run(self, deployer):
         return deployer.wait_for_port(self.application)
-
-
-@implementer(IStateChange)
-@frozen
-class PushVolume:
-    """Snapshot the volume and push it (incrementally when possible) to
-    ``to`` while the application keeps running: the bulk copy."""
-
-    name: str
-    to: str
-
-    @property
-    def summary(self) -> str:
-        return "push volume %s to %s" % (self.name, self.to)
-
-    def run(self, deployer):
-        return deployer.push_volume(self.name, self.to)
-
-
-@implementer(IStateChange)
-@frozen
-class HandoffVolume:
-    """Make the volume read-only, push the final increment to ``to`` and
-    make ``to`` the owner (``acquire``).  This node keeps a replica."""
-
-    name: str
-    to: str
-
-    @property
-    def summary(self) -> str:
-        return "hand volume %s over to %s" % (self.name, self.to)
-
-    def run(self, deployer):
-        return deployer.handoff_volume(self.name, self.to)
 
 
 @implementer(IStateChange)

@@ -8,23 +8,22 @@ that cannot see the whole cluster would decide moves on a partial picture.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
 import uuid
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
-from zope.interface import implementer
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IConsumer
+from zope.interface import implementer
 
 from .changes import calculate_changes
 from .config import ConfigurationError
 from .docker import configuration_digest
 from .model import ClusterState, Deployment, Node, NodeState
+from .node._deployer import resolve_ipv4
 from .node._wire import Peer, decode_node_state, encode_apply
 from .ssh import RemoteCommandFailed, SSHClient, SSHError
 
@@ -59,18 +58,6 @@ class NodeInfo:
     routes: dict
 
 
-def _resolve(reactor, name: str) -> Deferred:
-    try:
-        return defer.succeed(str(ipaddress.IPv4Address(name)))
-    except ValueError:
-        pass
-
-    def lookup():
-        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
-        return infos[0][4][0]
-    return deferToThread(lookup)
-
-
 class NodeReported(Exception):
     """A node's own account of why its ``apply`` failed."""
 
@@ -82,13 +69,13 @@ def _explain(error) -> str:
         return error.result.stderr_text
     if isinstance(error, SSHError):
         return str(error)
-    if isinstance(error, socket.gaierror):
-        return "cannot resolve the host name (%s)" % (error.strerror or error,)
+    if isinstance(error, DNSLookupError):
+        return "cannot resolve the host name (%s)" % (error,)
     return "%s: %s" % (type(error).__name__, error)
 
 
 async def _gather_one(client: SSHClient, reactor, name: str, port: int) -> NodeInfo:
-    address = await _resolve(reactor, name)
+    address = await resolve_ipv4(reactor, name)
     result = await client.run(address, port, ["state"])
     try:
         document = json.loads(result.stdout.decode("utf-8"))
@@ -171,7 +158,7 @@ async def _apply_one(client: SSHClient, info: NodeInfo, port: int, request: byte
     try:
         await client.run(info.address, port, ["apply"], stdin=request,
                          stdout_consumer=lines)
-    except SSHError as e:
+    except SSHError:
         if lines.result is not None and lines.result.get("errors"):
             raise NodeReported("; ".join(lines.result["errors"]))
         raise
@@ -269,7 +256,7 @@ async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int
     deploys never each hold a node the other waits for)."""
     names = sorted(n.hostname for n in deployment.nodes)
     results = await defer.DeferredList(
-        [_resolve(reactor, n) for n in names], consumeErrors=True)
+        [resolve_ipv4(reactor, n) for n in names], consumeErrors=True)
     failures = [NodeFailure(n, _explain(v.value)) for n, (ok, v) in zip(names, results)
                 if not ok]
     if failures:

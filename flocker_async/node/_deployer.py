@@ -17,15 +17,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 from ..changes import HELD, LOCAL, Route, proxy_to
 from ..docker import DockerError, configuration_digest, ensure_image
 from ..model import (
     Application,
     ApplicationState,
-    Deployment,
     NodeState,
     VolumeState,
 )
@@ -244,13 +244,16 @@ class Deployer:
             progress["stream"] = stream
             return stream
 
-        poll = _Every(self.reactor, 1.0, lambda: self.emit(
+        poll = LoopingCall(lambda: self.emit(
             "transfer", name, to=to, phase=phase,
             bytes=getattr(progress.get("stream"), "bytes_sent", 0)))
+        poll.clock = self.reactor
+        poll.start(1.0, now=False)
         try:
             sent = await self.peers.push(to, name, start_send, replace=replace)
         finally:
-            poll.stop()
+            if poll.running:
+                poll.stop()
         stream = progress.get("stream")
         done_bytes = getattr(stream, "bytes_sent", sent if isinstance(sent, int) else 0)
         # Verify before anything depends on it: the peer must list it.
@@ -504,18 +507,6 @@ def _first(reactor, waiter: Deferred, seconds: float) -> Deferred:
     call = reactor.callLater(seconds, lambda: done.called or done.callback(None))
     waiter.addBoth(fired)
     return done
-
-
-class _Every:
-    def __init__(self, reactor, interval, f):
-        from twisted.internet.task import LoopingCall
-        self.loop = LoopingCall(f)
-        self.loop.clock = reactor
-        self.loop.start(interval, now=False)
-
-    def stop(self):
-        if self.loop.running:
-            self.loop.stop()
 
 
 def _sleep(reactor, seconds) -> Deferred:

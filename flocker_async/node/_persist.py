@@ -6,7 +6,7 @@ converges to it again (written crash-safely, see ``flocker_async._fs``).
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Optional
 
 from twisted.logger import Logger
 

@@ -121,6 +121,15 @@ def encode_node_state(state: NodeState, snapshots: Dict[str, List[str]] = {},
     return document
 
 
+def _list(p: _Problems, path: str, doc: dict, key: str) -> list:
+    """``doc[key]`` if it is a list (missing: empty), else a problem."""
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        p.add(path + "." + key, "expected a list")
+        return []
+    return value
+
+
 def _decode_node_state(p: _Problems, path: str, doc: Any) -> Optional[NodeState]:
     if not isinstance(doc, dict):
         p.add(path, "expected a node state mapping")
@@ -130,9 +139,7 @@ def _decode_node_state(p: _Problems, path: str, doc: Any) -> Optional[NodeState]
     if address is None:
         p.add(path + ".address", "expected an IPv4 address")
     apps, volumes = [], []
-    for i, app in enumerate(doc.get("applications") or [] if isinstance(
-            doc.get("applications", []), list) else p.add(
-            path + ".applications", "expected a list") or []):
+    for i, app in enumerate(_list(p, path, doc, "applications")):
         where = "%s.applications[%d]" % (path, i)
         if (not isinstance(app, dict) or not isinstance(app.get("name"), str)
                 or not NAME_PATTERN.match(app["name"])
@@ -142,9 +149,7 @@ def _decode_node_state(p: _Problems, path: str, doc: Any) -> Optional[NodeState]
             p.add(where, "expected {name, running, digest}")
             continue
         apps.append(ApplicationState(app["name"], app["running"], app.get("digest")))
-    for i, vol in enumerate(doc.get("volumes") or [] if isinstance(
-            doc.get("volumes", []), list) else p.add(
-            path + ".volumes", "expected a list") or []):
+    for i, vol in enumerate(_list(p, path, doc, "volumes")):
         where = "%s.volumes[%d]" % (path, i)
         if (not isinstance(vol, dict) or not isinstance(vol.get("name"), str)
                 or not NAME_PATTERN.match(vol["name"])

@@ -37,6 +37,7 @@ import urllib.request
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from flocker_async.lab import Lab
+from tests.acceptance.test_move import HTTP_APP
 
 PREFIX = "flflt-"
 DIRECTORY = "/var/lib/flocker-faults-lab"
@@ -48,16 +49,6 @@ LATE_BYTES = 96 << 20
 DEPLOY_TIMEOUT = 30
 DEPLOY_HARD_LIMIT = 240
 
-HTTP_APP = """\
-version: 1
-applications:
-  web:
-    image: flocker-lab/busybox
-    ports:
-    - {internal: 80, external: 8080}
-    volume:
-      mountpoint: /data
-"""
 
 # Two applications for the race: the second deployment also runs "cache".
 RACE_APP = HTTP_APP + """\
@@ -506,6 +497,17 @@ class FaultTestCase(SynchronousTestCase):
         self.assertEqual(writable, [target])
         self.assert_no_leftovers()
 
+    def kill_restart_and_recover(self, node, run, writer):
+        """SIGKILL ``node``'s daemon, restart it a second later (as systemd
+        would); the running deploy fails naming it; then recover."""
+        self.assertTrue(self.lab.kill_daemon(node))
+        time.sleep(1)
+        self.lab.start_daemon(node)
+        status, output = self.check_exit(run, expect=(2,))
+        self.assert_failed_naming(output, [node])
+        writer.stop()
+        self.recover()
+
     def recover(self, target=None):
         """One more deploy of the move, then every promise."""
         target = target or self.dest
@@ -543,13 +545,7 @@ class SourceDaemonKillTests(FaultTestCase):
             while "flocker-web" in self.containers(self.source):
                 self.assertLess(time.monotonic(), deadline)
                 time.sleep(0.05)
-        self.assertTrue(self.lab.kill_daemon(self.source))
-        time.sleep(1)
-        self.lab.start_daemon(self.source)
-        status, output = self.check_exit(run, expect=(2,))
-        self.assert_failed_naming(output, [self.source])
-        writer.stop()
-        self.recover()
+        self.kill_restart_and_recover(self.source, run, writer)
 
     def test_during_bulk_push(self):
         self.kill_source_at(BULK_PUSH)
@@ -562,13 +558,7 @@ class SourceDaemonKillTests(FaultTestCase):
         run = self.move()
         self.wait_in_log(self.source, r"\] %s acquire web" % (
             re.escape(self.address[self.source]),), since, interval=0.005)
-        self.assertTrue(self.lab.kill_daemon(self.source))
-        time.sleep(1)
-        self.lab.start_daemon(self.source)
-        status, output = self.check_exit(run, expect=(2,))
-        self.assert_failed_naming(output, [self.source])
-        writer.stop()
-        self.recover()
+        self.kill_restart_and_recover(self.source, run, writer)
 
     def test_after_bulk_push(self):
         self.kill_source_at(AFTER_BULK)
@@ -609,13 +599,7 @@ class DestinationDaemonKillTests(FaultTestCase):
             run.wait_for(r"pushing volume web")
             self.write_file(self.source, "late.bin", LATE_BYTES)
         run.wait_for(pattern)
-        self.assertTrue(self.lab.kill_daemon(self.dest))
-        time.sleep(1)
-        self.lab.start_daemon(self.dest)
-        status, output = self.check_exit(run, expect=(2,))
-        self.assert_failed_naming(output, [self.dest])
-        writer.stop()
-        self.recover()
+        self.kill_restart_and_recover(self.dest, run, writer)
 
     def test_after_bulk_push(self):
         self.kill_dest_at(AFTER_BULK)
