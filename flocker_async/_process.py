@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 
-__all__ = ["ProcessResult", "CommandFailed", "run_process"]
+__all__ = ["ProcessResult", "CommandFailed", "CommandTimedOut", "run_process"]
 
 # Bound what we keep of a command's output: enough for any listing we parse,
 # never unbounded memory if a tool goes wild.
@@ -58,6 +58,20 @@ class CommandFailed(Exception):
         return text
 
 
+class CommandTimedOut(CommandFailed):
+    """A command did not finish in time and was killed."""
+
+    def __init__(self, argv, timeout: float):
+        self.timeout = timeout
+        super().__init__(ProcessResult(
+            argv=tuple(argv), status=None, signal=9, stdout=b"",
+            stderr=b"did not finish within %g s and was killed" % (timeout,)))
+
+    def __str__(self) -> str:
+        return "%s did not finish within %g s and was killed" % (
+            " ".join(self.result.argv), self.timeout)
+
+
 class _Collector(ProcessProtocol):
     def __init__(self, argv, stdin: Optional[bytes], done: Deferred):
         self.argv = tuple(argv)
@@ -92,6 +106,8 @@ class _Collector(ProcessProtocol):
             stdout=b"".join(self.out),
             stderr=b"".join(self.err),
         )
+        if self.done.called:
+            return  # timed out or cancelled: the caller was told already
         if reason.check(ProcessDone):
             self.done.callback(result)
         else:
@@ -103,11 +119,15 @@ def run_process(
     argv: Sequence[str],
     stdin: Optional[bytes] = None,
     env: Optional[Mapping[str, str]] = None,
+    timeout: Optional[float] = None,
 ) -> "Deferred[ProcessResult]":
     """
     Run ``argv`` (looked up on PATH) and fire with its ``ProcessResult``, or
     fail with ``CommandFailed`` if it exits non-zero.  Cancelling the
-    Deferred kills the process.
+    Deferred kills the process.  With ``timeout``, a command still running
+    after that many seconds is killed and fails with ``CommandTimedOut``
+    (also when the kill cannot take effect, as for a process stuck on a
+    hung file system).
     """
     argv = [os.fsdecode(a) for a in argv]
     executable = _which(argv[0])
@@ -125,6 +145,10 @@ def run_process(
     done = Deferred(cancel)
     protocol = _Collector(argv, stdin, done)
     reactor.spawnProcess(protocol, executable, argv, env=dict(env))
+    if timeout is not None:
+        def timed_out(result, seconds):
+            raise CommandTimedOut(argv, seconds)
+        done.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
     return done
 
 

@@ -41,6 +41,11 @@ DEFAULT_SOCKET_PATH = "/var/run/docker.sock"
 MAX_API_VERSION = (1, 41)
 MIN_API_VERSION = (1, 24)
 
+# Seconds the engine has to answer a request in full; pulling or importing
+# an image may take much longer than anything else.
+REQUEST_TIMEOUT = 120
+IMAGE_TIMEOUT = 1800
+
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 _RESTART_TO_DOCKER = {"never": "no", "always": "always",
@@ -139,9 +144,10 @@ class DockerClient:
     log = Logger()
 
     def __init__(self, reactor, socket_path: str = DEFAULT_SOCKET_PATH,
-                 agent=None):
+                 agent=None, request_timeout: float = REQUEST_TIMEOUT):
         self._reactor = reactor
         self.socket_path = socket_path
+        self.request_timeout = request_timeout
         if agent is None:
             # Non-persistent: an idle keep-alive connection would outlive the
             # caller's interest and has no one to close it.
@@ -183,9 +189,27 @@ class DockerClient:
                               " %s" % (self.socket_path, reasons))
         return failure
 
-    async def _raw_request(self, method, path, params=None, body=None,
-                           content_type=None):
-        """Send a request; return ``(status, body bytes)`` whatever the status."""
+    def _raw_request(self, method, path, params=None, body=None,
+                     content_type=None, timeout=None):
+        """
+        Send a request; fire with ``(status, body bytes)`` whatever the
+        status, or fail with a DockerError when the engine has not answered
+        in full within ``timeout`` seconds (a stuck dockerd never holds a
+        convergence for ever).
+        """
+        if timeout is None:
+            timeout = self.request_timeout
+        d = Deferred.fromCoroutine(self._raw_request_coroutine(
+            method, path, params, body, content_type))
+
+        def timed_out(result, seconds):
+            raise DockerError("the Docker engine at %s did not answer %s %s "
+                              "within %g s" % (self.socket_path, method,
+                                               path.split("?")[0], seconds))
+        return d.addTimeout(timeout, self._reactor, onTimeoutCancel=timed_out)
+
+    async def _raw_request_coroutine(self, method, path, params, body,
+                                     content_type):
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             # The kernel refuses it, and Twisted's connector then never
             # reports back; say so instead of hanging.
@@ -204,7 +228,8 @@ class DockerClient:
         return response.code, content
 
     async def _request(self, method, path, params=None, json_body=None,
-                       body=None, content_type=None, ok=(200, 201, 204)):
+                       body=None, content_type=None, ok=(200, 201, 204),
+                       timeout=None):
         """
         A request against the negotiated API version.  Fails with
         ``DockerError`` unless the status is in ``ok``.
@@ -215,7 +240,8 @@ class DockerClient:
             content_type = "application/json"
         status, content = await self._raw_request(
             method, "/v%s%s" % (_format_version(version), path),
-            params=params, body=body, content_type=content_type)
+            params=params, body=body, content_type=content_type,
+            timeout=timeout)
         if status not in ok:
             raise DockerError(_engine_message(content), status)
         return status, content
@@ -368,7 +394,8 @@ class DockerClient:
     async def _stop(self, name, timeout):
         status, _ = await self._request(
             "POST", "/containers/%s/stop" % (container_name(name),),
-            params={"t": str(int(timeout))}, ok=(204, 304))
+            params={"t": str(int(timeout))}, ok=(204, 304),
+            timeout=timeout + self.request_timeout)
         self.log.info("stopped {name}{already}", name=container_name(name),
                       already=" (was not running)" if status == 304 else "")
 
@@ -395,7 +422,8 @@ class DockerClient:
     def pull_image(self, image: DockerImage):
         return Deferred.fromCoroutine(self._progress_request(
             "pulled", image, "POST", "/images/create",
-            params={"fromImage": image.repository, "tag": image.tag}))
+            params={"fromImage": image.repository, "tag": image.tag},
+            timeout=IMAGE_TIMEOUT))
 
     def import_image(self, tarball_path, image: DockerImage, changes=()):
         try:
@@ -412,8 +440,8 @@ class DockerClient:
 
         d = Deferred.fromCoroutine(self._progress_request(
             "imported", image, "POST", "/images/create", params=params,
-            body=tarball,
-            content_type="application/x-tar"))
+            body=tarball, content_type="application/x-tar",
+            timeout=IMAGE_TIMEOUT))
         return d.addBoth(close)
 
     async def _progress_request(self, event, image, method, path, **kwargs):

@@ -401,9 +401,8 @@ class IPTablesNetwork:
         self._lock = DeferredLock()
 
     def _run(self, argv, stdin=None) -> Deferred:
-        d = run_process(self._reactor, self._run_in + tuple(argv), stdin=stdin)
-        d.addTimeout(self._timeout, self._reactor)
-        return d
+        return run_process(self._reactor, self._run_in + tuple(argv),
+                           stdin=stdin, timeout=self._timeout)
 
     async def _saved(self) -> SavedTables:
         result = await self._run(["iptables-save"])

@@ -60,6 +60,12 @@ _PROPERTIES = (
     OWNER_PROPERTY, READ_ONLY_PROPERTY,
 )
 
+# A zfs command other than a stream (get, list, create, set, snapshot,
+# destroy, mount) takes well under a second; one still running after this
+# long is stuck (a hung zfs-fuse) and is killed, and the change fails with
+# the command named, rather than waiting for ever.
+COMMAND_TIMEOUT = 120.0
+
 # Keep this much of a stream command's stderr: what zfs says fits easily.
 _MAX_STDERR = 64 * 1024
 
@@ -97,7 +103,7 @@ class ZFSStoragePool:
     """
 
     def __init__(self, reactor, root_dataset: str, mount_root: str,
-                 node_id: str):
+                 node_id: str, command_timeout: float = COMMAND_TIMEOUT):
         if not DATASET_NAME.match(root_dataset) or len(root_dataset) > 200:
             raise InvalidName("invalid root dataset: %r" % (root_dataset,))
         if not MOUNT_ROOT.match(mount_root) or (
@@ -107,6 +113,7 @@ class ZFSStoragePool:
         self.root_dataset = root_dataset
         self.mount_root = mount_root
         self.node_id = validate_node_id(node_id)
+        self.command_timeout = command_timeout
 
     def __repr__(self):
         return "<ZFSStoragePool %s on %s>" % (self.root_dataset, self.node_id)
@@ -127,7 +134,8 @@ class ZFSStoragePool:
         return os.path.join(self.mount_root, name.value)
 
     def _zfs(self, *args) -> Deferred:
-        return run_process(self._reactor, ("zfs",) + args)
+        return run_process(self._reactor, ("zfs",) + args,
+                           timeout=self.command_timeout)
 
     # Queries ----------------------------------------------------------
 
@@ -261,15 +269,20 @@ class ZFSStoragePool:
         if snapshot_name is None:
             snapshot_name = generate_snapshot_name(self._reactor.seconds())
         snapshot = Snapshot(name, snapshot_name)
-        mountpoint = self._mountpoint(name)
-        if os.path.ismount(mountpoint):
+
+        def flush(props):
             # Dirty pages still in the kernel's FUSE cache are not in the
             # dataset yet: write them back so the snapshot holds every
-            # completed write.
-            d = run_process(self._reactor, ["sync", "-f", mountpoint])
-            d.addCallback(lambda _: self._zfs("snapshot", self._snapshot(snapshot)))
-        else:
-            d = self._zfs("snapshot", self._snapshot(snapshot))
+            # completed write.  Whether it is mounted comes from zfs, never
+            # from a stat() on the reactor thread, which a stuck FUSE
+            # daemon would block for good.
+            mountpoint = props.get("mountpoint", "")
+            if props.get("mounted") == "yes" and mountpoint.startswith("/"):
+                return run_process(self._reactor, ["sync", "-f", mountpoint],
+                                   timeout=self.command_timeout)
+            return None
+        d = self._get_raw(name).addCallback(flush)
+        d.addCallback(lambda _: self._zfs("snapshot", self._snapshot(snapshot)))
 
         def translate(failure):
             failure.trap(CommandFailed)
@@ -361,9 +374,10 @@ class ZFSStoragePool:
     def _receive_check(self, name: VolumeName):
         """Fire with whether the volume exists; refuse one owned here."""
         try:
-            volume = yield self.get(name)
+            props = yield self._get_raw(name)
         except VolumeNotFound:
             return False
+        volume = self._volume(name, props)
         if volume.owned_by(self.node_id):
             raise _Refused(
                 "this node owns volume %r (its writable copy); a volume is "
@@ -386,7 +400,7 @@ class ZFSStoragePool:
         # Receive into an unmounted replica and mount it again afterwards:
         # a mounted one would go on showing the kernel's cached pages of
         # the old contents, not what was received.
-        if os.path.ismount(self._mountpoint(name)):
+        if props.get("mounted") == "yes":
             yield self._zfs("unmount", self._dataset(name))
         # A replica set up elsewhere or not at all (a receive that finished
         # after it was reported failed) is set up like a new one afterwards.

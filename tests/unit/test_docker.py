@@ -17,6 +17,7 @@ from attrs import evolve
 from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
@@ -466,3 +467,21 @@ class BusyboxTarballTests(SynchronousTestCase):
         self.assertRaises(RuntimeError, images.cached_tarball,
                           self.cache, "broken", {"x": 1}, broken)
         self.assertEqual(os.listdir(os.path.join(self.cache, "images")), [])
+
+
+class SilentEngineTests(TestCase):
+    """An engine that accepts connections and never answers (a stuck
+    dockerd) fails the request in time, naming the socket."""
+
+    @inlineCallbacks
+    def test_request_times_out(self):
+        path = "/tmp/fat-silent-%s.sock" % (uuid.uuid4().hex[:8],)
+        factory = Factory.forProtocol(Protocol)  # reads, never writes
+        port = reactor.listenUNIX(path, factory)
+        self.addCleanup(port.stopListening)
+        client = DockerClient(reactor, socket_path=path, request_timeout=0.5)
+        started = reactor.seconds()
+        error = yield self.assertFailure(client.list(), DockerError)
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertEqual(error.message, "the Docker engine at %s did not "
+                         "answer GET /version within 0.5 s" % (path,))
