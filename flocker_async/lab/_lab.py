@@ -41,7 +41,8 @@ from ._system import (
     LabError, alive, cmdline, kill_all, log_tail, mounts_under, pids_mentioning,
     process_start_time, require_commands, run, system_env, unmount_all,
 )
-from ._zfs import destroy_pool, ensure_pool, ensure_zfs_daemon, pools
+from ._zfs import (
+    destroy_pool, ensure_pool, ensure_zfs_daemon, pools, restart_if_wedged)
 from .images import (
     BUSYBOX_CHANGES, BUSYBOX_IMAGE, DEFAULT_CACHE_DIR, MARIADB_CHANGES, MARIADB_IMAGE,
     busybox_tarball, mariadb_tarball,
@@ -436,7 +437,7 @@ class Lab:
                 net.delete_namespace(name)
 
     def _up_pools(self, nodes: Sequence[LabNode]) -> None:
-        ensure_zfs_daemon()
+        ensure_zfs_daemon(progress=self.progress)
         wanted = {n.pool for n in nodes}
         for name in pools(self.names.prefix):
             if name not in wanted:
@@ -447,6 +448,7 @@ class Lab:
             if ensure_pool(node.pool, node.pool_file,
                            os.path.join(node.directory, "pool")):
                 self.progress("created pool %s on %s" % (node.pool, node.pool_file))
+        restart_if_wedged(progress=self.progress)  # the new pools answer too
 
     def _up_keys(self, nodes: Sequence[LabNode]) -> None:
         operator = load_or_create_key(self.identity, "flocker-lab operator")
@@ -742,7 +744,8 @@ class Lab:
                 state = {}
             zfs = shutil.which("zpool", path=system_env()["PATH"]) is not None
             if zfs:
-                ensure_zfs_daemon()  # or our pools come back, faulted, later
+                # or our pools come back, faulted, later
+                ensure_zfs_daemon(progress=self.progress)
             names = {e["name"] for e in state.get("nodes", [])}
             for namespace in net.namespaces():
                 name = self.names.node_of(namespace)

@@ -8,15 +8,22 @@ with the lab prefix are ever touched.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import signal
+import subprocess
 import time
-from typing import Dict
+from contextlib import contextmanager
+from typing import Dict, List
+
+from ..volume._zfs import MOUNT_LOCK
 
 from ._network import PREFIX
-from ._system import LabError, run
+from ._system import LabError, alive, run, system_env
 
 __all__ = ["ensure_zfs_daemon", "pools", "ensure_pool", "destroy_pool",
+           "zfs_fuse_mounts", "unanswered", "restart_if_wedged", "mount_lock",
            "DEFAULT_POOL_SIZE"]
 
 DEFAULT_POOL_SIZE = 4 << 30  # sparse: costs only what is written
@@ -30,18 +37,184 @@ def _daemon_answers() -> bool:
         return False
 
 
-def ensure_zfs_daemon(timeout: float = 20.0) -> None:
-    """Start zfs-fuse unless it serves requests already; leave it running."""
+def ensure_zfs_daemon(timeout: float = 20.0, progress=None) -> None:
+    """
+    Start zfs-fuse unless it serves requests already, and make sure it
+    serves file requests too (see ``restart_if_wedged``); leave it running.
+    """
     if _daemon_answers():
+        restart_if_wedged(progress=progress)
         return
-    run(["zfs-fuse"], check=False)  # daemonizes itself
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _daemon_answers():
-            return
-        time.sleep(0.2)
+    _start_daemon(timeout)
+
+
+@contextmanager
+def mount_lock():
+    """
+    Hold the machine-wide lock of commands that make zfs-fuse mount a file
+    system (``MOUNT_LOCK``; see there why), blocking until it is free.
+    """
+    fd = os.open(MOUNT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _start_daemon(timeout: float) -> None:
+    # It mounts its pools' file systems as it starts.
+    with mount_lock():
+        subprocess.run(["zfs-fuse"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       start_new_session=True, timeout=60, env=system_env())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _daemon_answers():
+                return
+            time.sleep(0.2)
     raise LabError("zfs-fuse did not start within %d seconds (is /dev/fuse "
                    "there? try running zfs-fuse by hand)" % (timeout,))
+
+
+# zfs-fuse's own statistics file system.
+KSTAT_MOUNT = "/zfs-kstat"
+
+
+def _mountpoints() -> Dict[str, tuple]:
+    """Every mount of this mount namespace: mount point -> (type, source)."""
+    found = {}
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            fields = line.split()
+            try:
+                tail = fields.index("-")
+            except ValueError:
+                continue
+            mountpoint = fields[4].replace("\\040", " ")
+            found[mountpoint] = (fields[tail + 1], fields[tail + 2])
+    return found
+
+
+def zfs_fuse_mounts() -> Dict[str, str]:
+    """The file systems zfs-fuse serves now: mount point -> dataset."""
+    return {mountpoint: source
+            for mountpoint, (kind, source) in _mountpoints().items()
+            if kind == "fuse.zfs"}
+
+
+def unanswered(mountpoints, timeout: float = 20.0) -> List[str]:
+    """
+    The mount points whose file system did not answer a ``statfs`` within
+    ``timeout`` seconds.  A statfs is never answered from the kernel's
+    cache: it always reaches zfs-fuse.  All are asked at once, each by a
+    process of its own (a stuck one cannot hold the others up).
+    """
+    probes = {m: subprocess.Popen(["stat", "-f", "--", m],
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env=system_env())
+              for m in mountpoints}
+    deadline = time.monotonic() + timeout
+    silent = []
+    for mountpoint, probe in sorted(probes.items()):
+        try:
+            probe.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            probe.wait()
+            silent.append(mountpoint)
+    return silent
+
+
+def restart_if_wedged(timeout: float = 20.0, progress=None,
+                      start_timeout: float = 60.0) -> bool:
+    """
+    Restart zfs-fuse if it has stopped serving file requests; True if it did.
+
+    zfs-fuse serves every pool's file requests from one shared set of
+    threads.  Seen on these machines, after containers were killed in the
+    middle of their I/O: its zfs commands still answer, but no file system
+    of any pool does, new ones included, for good.  Every process touching
+    one (dockerd binding a volume, a database) then waits for ever.  The
+    daemon is already useless to everyone then; restarting it aborts its
+    stuck requests (their callers get an error), and it imports its pools
+    and mounts their file systems again.
+    """
+    mounts = zfs_fuse_mounts()
+    silent = unanswered(mounts, timeout)
+    if not silent:
+        return False
+    say = progress or (lambda message: None)
+    say("zfs-fuse does not answer file requests on %s; restarting it"
+        % (", ".join(silent),))
+    pids = [pid for pid in _zfs_fuse_pids()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # It holds its single-instance lock until it is gone, which takes a
+    # while with hundreds of threads and its mounts to tear down.
+    deadline = time.monotonic() + start_timeout
+    while any(_any_thread_left(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise LabError("zfs-fuse (pid %s) did not exit within %d seconds "
+                           "of SIGKILL" % (", ".join(map(str, pids)),
+                                           start_timeout))
+        time.sleep(0.1)
+    # Its mounts are dead now (their connection went with the process);
+    # they would hide the ones the new daemon makes at the same places.
+    dead = sorted(zfs_fuse_mounts(), key=len, reverse=True)
+    if KSTAT_MOUNT in _mountpoints():
+        dead.append(KSTAT_MOUNT)
+    for mountpoint in dead:
+        run(["umount", "-l", mountpoint], check=False)
+    _start_daemon(start_timeout)
+    # It imports its pools as it starts but mounts nothing: mount what was.
+    with mount_lock():
+        run(["zfs", "mount", "-a"], check=False, timeout=start_timeout)
+    still = unanswered(zfs_fuse_mounts(), start_timeout)
+    if still:
+        raise LabError("zfs-fuse was restarted and still does not answer "
+                       "file requests on %s" % (", ".join(still),))
+    say("zfs-fuse restarted; it serves %d file systems again"
+        % (len(zfs_fuse_mounts()),))
+    return True
+
+
+def _any_thread_left(pid: int) -> bool:
+    """Whether a thread of ``pid`` still runs: its open files (the
+    daemon's single-instance lock) go only with the last one, and a leader
+    shows as a zombie while its other threads are still exiting."""
+    try:
+        tasks = os.listdir("/proc/%d/task" % (pid,))
+    except OSError:
+        return False
+    return any(alive_task(pid, int(task)) for task in tasks)
+
+
+def alive_task(pid: int, task: int) -> bool:
+    try:
+        with open("/proc/%d/task/%d/stat" % (pid, task)) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _zfs_fuse_pids() -> List[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % (entry,), "rb") as f:
+                if (f.read().strip() == b"zfs-fuse"
+                        and _any_thread_left(int(entry))):
+                    pids.append(int(entry))  # zombies left out
+        except OSError:
+            continue
+    return pids
 
 
 _LAB_POOL = re.compile(r"[a-z][a-z0-9]*-n[1-9][0-9]*\Z")
@@ -89,7 +262,8 @@ def ensure_pool(name: str, path: str, mountpoint: str,
     with open(path, "wb") as f:
         f.truncate(size)
     try:
-        run(["zpool", "create", "-m", mountpoint, name, path])
+        with mount_lock():
+            run(["zpool", "create", "-m", mountpoint, name, path])
     except Exception:
         os.unlink(path)
         raise

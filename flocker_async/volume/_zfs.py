@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 
 from twisted.internet import fdesc
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.error import (
     ConnectionDone, ProcessDone, ProcessExitedAlready)
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -47,7 +47,7 @@ from ._interfaces import (
 )
 from ._common import generate_snapshot_name, snapshots_to_prune
 
-__all__ = ["ZFSStoragePool"]
+__all__ = ["ZFSStoragePool", "MountLock", "MOUNT_LOCK"]
 
 _log = Logger()
 
@@ -65,6 +65,17 @@ _PROPERTIES = (
 # long is stuck (a hung zfs-fuse) and is killed, and the change fails with
 # the command named, rather than waiting for ever.
 COMMAND_TIMEOUT = 120.0
+
+# zfs-fuse hands each newly mounted file system to its request threads
+# through one pipe, in two writes; two mounts at once interleave them, and
+# a request thread then waits for ever for bytes that never come, holding
+# the lock every other request thread needs: no file system of any pool on
+# the machine answers again (zfs commands still do).  Seen when two lab
+# nodes created volumes at the same moment.  So every zfs command that
+# mounts (create, mount, set mountpoint; receives use -u and never mount)
+# takes this lock, machine-wide, for as long as it runs.  With ZFS in the
+# kernel the lock costs a few microseconds and guards nothing.
+MOUNT_LOCK = "/run/lock/flocker-async-zfs-mount.lock"
 
 # Keep this much of a stream command's stderr: what zfs says fits easily.
 _MAX_STDERR = 64 * 1024
@@ -95,6 +106,57 @@ def _size(value: str) -> Optional[int]:
     return int(value)
 
 
+class MountLock:
+    """
+    ``MOUNT_LOCK``: an exclusive ``flock`` taken without blocking the
+    reactor (tried again every ``interval`` seconds until it is free).  The
+    kernel drops it when its holder dies, so a killed daemon never leaves
+    it taken.  Separate ``MountLock``s conflict even in one process.
+    """
+
+    def __init__(self, reactor, path: str = MOUNT_LOCK, interval: float = 0.02):
+        self._reactor = reactor
+        self.path = path
+        self.interval = interval
+
+    def run(self, f, *args) -> Deferred:
+        """Fire with ``f(*args)``'s result, called while holding the lock."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        state = {"call": None, "fd": fd}
+
+        def close():
+            if state["fd"] is not None:
+                os.close(state["fd"])  # releases the lock
+                state["fd"] = None
+
+        def cancel(_):
+            if state["call"] is not None and state["call"].active():
+                state["call"].cancel()
+            close()
+
+        acquired = Deferred(cancel)
+
+        def attempt():
+            state["call"] = None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                state["call"] = self._reactor.callLater(self.interval, attempt)
+                return
+            except OSError as e:
+                close()
+                acquired.errback(e)
+                return
+            acquired.callback(None)
+        attempt()
+
+        def release(result):
+            close()
+            return result
+        acquired.addCallback(lambda _: maybeDeferred(f, *args))
+        return acquired.addBoth(release)
+
+
 @implementer(IStoragePool)
 class ZFSStoragePool:
     """
@@ -103,7 +165,8 @@ class ZFSStoragePool:
     """
 
     def __init__(self, reactor, root_dataset: str, mount_root: str,
-                 node_id: str, command_timeout: float = COMMAND_TIMEOUT):
+                 node_id: str, command_timeout: float = COMMAND_TIMEOUT,
+                 mount_lock: str = MOUNT_LOCK):
         if not DATASET_NAME.match(root_dataset) or len(root_dataset) > 200:
             raise InvalidName("invalid root dataset: %r" % (root_dataset,))
         if not MOUNT_ROOT.match(mount_root) or (
@@ -114,6 +177,7 @@ class ZFSStoragePool:
         self.mount_root = mount_root
         self.node_id = validate_node_id(node_id)
         self.command_timeout = command_timeout
+        self._mount_lock = MountLock(reactor, mount_lock)
 
     def __repr__(self):
         return "<ZFSStoragePool %s on %s>" % (self.root_dataset, self.node_id)
@@ -136,6 +200,10 @@ class ZFSStoragePool:
     def _zfs(self, *args) -> Deferred:
         return run_process(self._reactor, ("zfs",) + args,
                            timeout=self.command_timeout)
+
+    def _zfs_mounting(self, *args) -> Deferred:
+        """A zfs command that may mount a file system (see MOUNT_LOCK)."""
+        return self._mount_lock.run(self._zfs, *args)
 
     # Queries ----------------------------------------------------------
 
@@ -237,7 +305,7 @@ class ZFSStoragePool:
             argv += ["-o", "refquota=%d" % (maximum_size,)]
         argv += ["-o", "%s=%s" % (OWNER_PROPERTY, self.node_id),
                  "-o", "%s=off" % (READ_ONLY_PROPERTY,), dataset]
-        d = self._zfs(*argv)
+        d = self._zfs_mounting(*argv)
 
         def exists(failure):
             failure.trap(CommandFailed)
@@ -261,7 +329,7 @@ class ZFSStoragePool:
         def mount(props):
             if props.get("mounted") == "yes":
                 return None
-            return self._zfs("mount", self._dataset(name))
+            return self._zfs_mounting("mount", self._dataset(name))
         return d.addCallback(mount)
 
     def snapshot(self, name: VolumeName, snapshot_name: Optional[str] = None
@@ -415,8 +483,8 @@ class ZFSStoragePool:
             # is mounted again.
             yield self._zfs("set", "readonly=on", dataset)
             yield self._zfs("set", "%s=on" % (READ_ONLY_PROPERTY,), dataset)
-            yield self._zfs("set", "mountpoint=" + self._mountpoint(name),
-                            dataset)
+            yield self._zfs_mounting(
+                "set", "mountpoint=" + self._mountpoint(name), dataset)
         yield self._ensure_mounted(name)
         snapshots = yield self.snapshots(name)
         return snapshots[-1]

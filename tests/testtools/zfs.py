@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import subprocess
-import time
+import sys
 import uuid
+
+from flocker_async.lab._zfs import ensure_zfs_daemon, mount_lock
 
 PREFIX = "fatpool"
 POOL_DIR = "/var/tmp"
@@ -35,26 +37,12 @@ def _run(argv, check=True, timeout=60):
     return result
 
 
-def daemon_running() -> bool:
-    return _run(["zpool", "list", "-H", "-o", "name"], check=False
-                ).returncode == 0
-
-
-def ensure_daemon(timeout=15.0):
-    """Start zfs-fuse unless it serves requests already; leave it running."""
-    if daemon_running():
-        return
-    # zfs-fuse daemonizes itself and outlives the tests on purpose: its own
-    # session, and no pipe of ours that it could keep open.
-    subprocess.run(["zfs-fuse"], stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   start_new_session=True, timeout=60)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon_running():
-            return
-        time.sleep(0.2)
-    raise RuntimeError("zfs-fuse did not start within %s seconds" % (timeout,))
+def ensure_daemon():
+    """
+    zfs-fuse runs and serves file requests (restarted if it stopped
+    serving them); it is left running.  The lab's own check, shared.
+    """
+    ensure_zfs_daemon(progress=lambda message: print(message, file=sys.stderr))
 
 
 def _alive(pid: int) -> bool:
@@ -103,10 +91,10 @@ def remove_stale_pools():
 
 
 def prepare():
-    """Once per process: the daemon runs and stale pools are gone."""
+    """The daemon runs and serves file requests; stale pools are gone."""
     global _prepared
+    ensure_daemon()  # every time: a wedged zfs-fuse is mended before a test
     if not _prepared:
-        ensure_daemon()
         remove_stale_pools()
         _prepared = True
 
@@ -121,8 +109,9 @@ class ZFSPool:
         with open(self.file, "wb") as f:
             f.truncate(size)
         try:
-            _run(["zpool", "create", "-m", self.mountpoint, self.name,
-                  self.file])
+            with mount_lock():
+                _run(["zpool", "create", "-m", self.mountpoint, self.name,
+                      self.file])
         except Exception:
             os.unlink(self.file)
             raise

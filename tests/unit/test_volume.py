@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import flocker_async.volume
@@ -145,3 +147,68 @@ class MemoryStreamSafetyTests(SynchronousTestCase):
         for bad in ("../x", "/etc/passwd", "a/../../x", "", "."):
             self.assertRaises(ValueError, _memory._safe_relative, bad)
         self.assertEqual(_memory._safe_relative("a/b"), "a/b")
+
+
+class MountLockTests(SynchronousTestCase):
+    """The machine-wide lock around zfs commands that mount (zfs-fuse
+    wedges when two mounts overlap): taken without blocking, released
+    however the work ends."""
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.clock = Clock()
+
+    def lock(self):
+        return _zfs.MountLock(self.clock, self.path, interval=0.1)
+
+    def test_second_waits_for_first(self):
+        first_work, second_work = Deferred(), Deferred()
+        order = []
+        first = self.lock().run(lambda: order.append("first") or first_work)
+        second = self.lock().run(lambda: order.append("second") or second_work)
+        self.clock.advance(1)
+        self.assertEqual(order, ["first"])
+        first_work.callback("one")
+        self.assertEqual(self.successResultOf(first), "one")
+        self.clock.advance(0.1)
+        self.assertEqual(order, ["first", "second"])
+        second_work.callback("two")
+        self.assertEqual(self.successResultOf(second), "two")
+
+    def test_released_after_failure(self):
+        failed = self.lock().run(lambda: fail(RuntimeError("zfs said no")))
+        self.failureResultOf(failed, RuntimeError)
+        self.assertEqual(self.successResultOf(self.lock().run(lambda: 7)), 7)
+
+    def test_cancel_while_waiting(self):
+        held = Deferred()
+        self.lock().run(lambda: held)
+        calls = []
+        waiting = self.lock().run(lambda: calls.append(1))
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        held.callback(None)
+        self.clock.advance(1)
+        self.assertEqual(calls, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_other_process_holds_it(self):
+        """Held by another process (a daemon of another lab node): waits."""
+        import subprocess
+        import sys
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys, time\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\n"
+             "sys.stdin.read()\n", self.path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.stdin.close)
+        self.assertEqual(holder.stdout.readline(), "held\n")
+        done = self.lock().run(lambda: "mine")
+        self.clock.advance(0.5)
+        self.assertNoResult(done)
+        holder.stdin.close()
+        holder.wait()
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(done), "mine")
