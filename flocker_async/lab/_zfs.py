@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Dict, List
 
-from ..volume._zfs import MOUNT_LOCK
+from ..volume._zfs import MOUNT_LOCK, open_lock_file
 
 from ._network import PREFIX
 from ._system import LabError, alive, run, system_env
@@ -54,7 +54,7 @@ def mount_lock():
     Hold the machine-wide lock of commands that make zfs-fuse mount a file
     system (``MOUNT_LOCK``; see there why), blocking until it is free.
     """
-    fd = os.open(MOUNT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock_file(MOUNT_LOCK)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

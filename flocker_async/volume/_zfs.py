@@ -106,6 +106,15 @@ def _size(value: str) -> Optional[int]:
     return int(value)
 
 
+def open_lock_file(path: str) -> int:
+    """Open (creating it, and its directory if need be) a lock file."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
 class MountLock:
     """
     ``MOUNT_LOCK``: an exclusive ``flock`` taken without blocking the
@@ -121,7 +130,7 @@ class MountLock:
 
     def run(self, f, *args) -> Deferred:
         """Fire with ``f(*args)``'s result, called while holding the lock."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_lock_file(self.path)
         state = {"call": None, "fd": fd}
 
         def close():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -174,6 +175,12 @@ class MountLockTests(SynchronousTestCase):
         self.assertEqual(order, ["first", "second"])
         second_work.callback("two")
         self.assertEqual(self.successResultOf(second), "two")
+
+    def test_makes_its_directory(self):
+        """A machine without /run/lock (a bare container) still works."""
+        self.path = os.path.join(self.mktemp(), "lock", "mount.lock")
+        self.assertEqual(self.successResultOf(self.lock().run(lambda: 3)), 3)
+        self.assertTrue(os.path.isfile(self.path))
 
     def test_released_after_failure(self):
         failed = self.lock().run(lambda: fail(RuntimeError("zfs said no")))
