@@ -55,7 +55,10 @@ class StoragePoolFixture:
 def read_tree(root: str) -> dict:
     """Relative path -> file bytes (or ``None`` for a directory)."""
     contents = {}
-    for directory, dirnames, filenames in os.walk(root):
+
+    def fail(error):
+        raise error  # os.walk would skip a directory it cannot list
+    for directory, dirnames, filenames in os.walk(root, onerror=fail):
         for name in dirnames:
             path = os.path.join(directory, name)
             contents[os.path.relpath(path, root)] = None

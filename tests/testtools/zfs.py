@@ -91,10 +91,11 @@ def remove_stale_pools():
 
 
 def prepare():
-    """The daemon runs and serves file requests; stale pools are gone."""
+    """Once per process: the daemon runs and serves file requests (it is
+    restarted if it does not), and stale pools are gone."""
     global _prepared
-    ensure_daemon()  # every time: a wedged zfs-fuse is mended before a test
     if not _prepared:
+        ensure_daemon()
         remove_stale_pools()
         _prepared = True
 

@@ -219,3 +219,4 @@ class MountLockTests(SynchronousTestCase):
         holder.wait()
         self.clock.advance(0.1)
         self.assertEqual(self.successResultOf(done), "mine")
+
