@@ -13,11 +13,11 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Iterable, List, Optional, Sequence, Set
+from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
 __all__ = [
     "LabError", "CommandError", "run", "require_commands", "process_start_time",
-    "alive", "pids_in_netns", "pids_mentioning", "kill_all", "mounts_under",
+    "alive", "threads_alive", "mount_table", "pids_in_netns", "pids_mentioning", "kill_all", "mounts_under",
     "unmount_all", "cgroup_dirs", "pids_in_cgroups", "remove_cgroups",
     "ancestors", "log_tail",
 ]
@@ -100,14 +100,33 @@ def process_start_time(pid: int) -> Optional[str]:
         return None
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
+def _running(stat_path: str) -> bool:
+    """Whether the task of a /proc .../stat file runs (a zombie does not)."""
     try:
-        with open("/proc/%d/stat" % (pid,)) as f:
+        with open(stat_path) as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
-    return state != "Z"
+    return state not in ("Z", "X")
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    return _running("/proc/%d/stat" % (pid,))
+
+
+def threads_alive(pid: int) -> bool:
+    """
+    Whether a thread of ``pid`` still runs.  A leader shows as a zombie
+    while its other threads are still exiting, and the process's open
+    files (a lock, say) go only with the last of them.
+    """
+    try:
+        tasks = os.listdir("/proc/%d/task" % (pid,))
+    except OSError:
+        return False
+    return any(_running("/proc/%d/task/%s/stat" % (pid, task))
+               for task in tasks)
 
 
 def cmdline(pid: int) -> List[str]:
@@ -197,15 +216,25 @@ def _unescape(field: str) -> str:
             .replace("\\012", "\n").replace("\\134", "\\"))
 
 
-def mounts_under(directory: str) -> List[str]:
-    directory = directory.rstrip("/")
-    points = []
+def mount_table() -> List[Tuple[str, str, str]]:
+    """This mount namespace's mounts: (mount point, type, source)."""
+    table = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = _unescape(line.split()[4])
-            if point == directory or point.startswith(directory + "/"):
-                points.append(point)
-    return points
+            fields = line.split()
+            try:
+                tail = fields.index("-")
+            except ValueError:
+                continue
+            table.append((_unescape(fields[4]), fields[tail + 1],
+                          _unescape(fields[tail + 2])))
+    return table
+
+
+def mounts_under(directory: str) -> List[str]:
+    directory = directory.rstrip("/")
+    return [point for point, _, _ in mount_table()
+            if point == directory or point.startswith(directory + "/")]
 
 
 def unmount_all(directory: str) -> None:

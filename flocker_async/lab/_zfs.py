@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -20,7 +19,8 @@ from typing import Dict, List
 from ..volume._zfs import MOUNT_LOCK, open_lock_file
 
 from ._network import PREFIX
-from ._system import LabError, alive, run, system_env
+from ._system import (
+    LabError, kill_all, mount_table, run, system_env, threads_alive)
 
 __all__ = ["ensure_zfs_daemon", "pools", "ensure_pool", "destroy_pool",
            "zfs_fuse_mounts", "unanswered", "restart_if_wedged", "mount_lock",
@@ -81,25 +81,9 @@ def _start_daemon(timeout: float) -> None:
 KSTAT_MOUNT = "/zfs-kstat"
 
 
-def _mountpoints() -> Dict[str, tuple]:
-    """Every mount of this mount namespace: mount point -> (type, source)."""
-    found = {}
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f.read().decode("utf-8", "replace").splitlines():
-            fields = line.split()
-            try:
-                tail = fields.index("-")
-            except ValueError:
-                continue
-            mountpoint = fields[4].replace("\\040", " ")
-            found[mountpoint] = (fields[tail + 1], fields[tail + 2])
-    return found
-
-
 def zfs_fuse_mounts() -> Dict[str, str]:
     """The file systems zfs-fuse serves now: mount point -> dataset."""
-    return {mountpoint: source
-            for mountpoint, (kind, source) in _mountpoints().items()
+    return {point: source for point, kind, source in mount_table()
             if kind == "fuse.zfs"}
 
 
@@ -147,16 +131,12 @@ def restart_if_wedged(timeout: float = 20.0, progress=None,
     say = progress or (lambda message: None)
     say("zfs-fuse does not answer file requests on %s; restarting it"
         % (", ".join(silent),))
-    pids = [pid for pid in _zfs_fuse_pids()]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    # It holds its single-instance lock until it is gone, which takes a
-    # while with hundreds of threads and its mounts to tear down.
+    pids = _zfs_fuse_pids()
+    kill_all(pids, timeout=start_timeout)
+    # It holds its single-instance lock until its last thread is gone,
+    # which takes a while with hundreds of them and its mounts to tear down.
     deadline = time.monotonic() + start_timeout
-    while any(_any_thread_left(pid) for pid in pids):
+    while any(threads_alive(pid) for pid in pids):
         if time.monotonic() > deadline:
             raise LabError("zfs-fuse (pid %s) did not exit within %d seconds "
                            "of SIGKILL" % (", ".join(map(str, pids)),
@@ -165,7 +145,7 @@ def restart_if_wedged(timeout: float = 20.0, progress=None,
     # Its mounts are dead now (their connection went with the process);
     # they would hide the ones the new daemon makes at the same places.
     dead = sorted(zfs_fuse_mounts(), key=len, reverse=True)
-    if KSTAT_MOUNT in _mountpoints():
+    if any(point == KSTAT_MOUNT for point, _, _ in mount_table()):
         dead.append(KSTAT_MOUNT)
     for mountpoint in dead:
         run(["umount", "-l", mountpoint], check=False)
@@ -182,26 +162,6 @@ def restart_if_wedged(timeout: float = 20.0, progress=None,
     return True
 
 
-def _any_thread_left(pid: int) -> bool:
-    """Whether a thread of ``pid`` still runs: its open files (the
-    daemon's single-instance lock) go only with the last one, and a leader
-    shows as a zombie while its other threads are still exiting."""
-    try:
-        tasks = os.listdir("/proc/%d/task" % (pid,))
-    except OSError:
-        return False
-    return any(alive_task(pid, int(task)) for task in tasks)
-
-
-def alive_task(pid: int, task: int) -> bool:
-    try:
-        with open("/proc/%d/task/%d/stat" % (pid, task)) as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _zfs_fuse_pids() -> List[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -210,7 +170,7 @@ def _zfs_fuse_pids() -> List[int]:
         try:
             with open("/proc/%s/comm" % (entry,), "rb") as f:
                 if (f.read().strip() == b"zfs-fuse"
-                        and _any_thread_left(int(entry))):
+                        and threads_alive(int(entry))):
                     pids.append(int(entry))  # zombies left out
         except OSError:
             continue

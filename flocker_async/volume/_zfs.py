@@ -367,21 +367,17 @@ class ZFSStoragePool:
         if snapshot_name is None:
             snapshot_name = generate_snapshot_name(self._reactor.seconds())
         snapshot = Snapshot(name, snapshot_name)
+        mountpoint = self._mountpoint(name)
 
-        def flush(props):
+        def flush(mounted):
             # Dirty pages still in the kernel's FUSE cache are not in the
             # dataset yet: write them back so the snapshot holds every
             # completed write.
-            mountpoint = props.get("mountpoint", "")
-            if not mountpoint.startswith("/"):
-                return None
-
-            def sync(mounted):
-                if mounted:
-                    return run_process(self._reactor, ["sync", "-f", mountpoint],
-                                       timeout=self.command_timeout)
-            return self._is_mounted(mountpoint).addCallback(sync)
-        d = self._get_raw(name).addCallback(flush)
+            if mounted:
+                return run_process(self._reactor, ["sync", "-f", mountpoint],
+                                   timeout=self.command_timeout)
+            return None
+        d = self._is_mounted(mountpoint).addCallback(flush)
         d.addCallback(lambda _: self._zfs("snapshot", self._snapshot(snapshot)))
 
         def translate(failure):
@@ -432,6 +428,12 @@ class ZFSStoragePool:
                 "refusing to discard volume %s: this node's copy is %s"
                 % (name, "its live copy" if volume.owned_by(self.node_id)
                    else "writable"))
+        yield self._destroy(name)
+        _log.info("discarded replica {volume}", volume=str(name))
+
+    @inlineCallbacks
+    def _destroy(self, name: VolumeName):
+        """Unmount and destroy a volume's dataset with its snapshots."""
         # zfs-fuse does not unmount on destroy ("dataset is busy").
         try:
             yield self._zfs("unmount", self._dataset(name))
@@ -439,7 +441,6 @@ class ZFSStoragePool:
             if "not currently mounted" not in e.stderr_text:
                 raise
         yield self._zfs("destroy", "-r", self._dataset(name))
-        _log.info("discarded replica {volume}", volume=str(name))
 
     @inlineCallbacks
     def set_owner(self, name: VolumeName, owner: str):
@@ -474,10 +475,9 @@ class ZFSStoragePool:
     def _receive_check(self, name: VolumeName):
         """Fire with whether the volume exists; refuse one owned here."""
         try:
-            props = yield self._get_raw(name)
+            volume = yield self.get(name)
         except VolumeNotFound:
             return False
-        volume = self._volume(name, props)
         if volume.owned_by(self.node_id):
             raise _Refused(
                 "this node owns volume %r (its writable copy); a volume is "
@@ -490,12 +490,7 @@ class ZFSStoragePool:
             # and no read-only flag.
             _log.warn("discarding {volume}: a copy with no snapshot, left "
                       "by an interrupted receive", volume=str(name))
-            try:
-                yield self._zfs("unmount", self._dataset(name))
-            except CommandFailed as e:
-                if "not currently mounted" not in e.stderr_text:
-                    raise
-            yield self._zfs("destroy", "-r", self._dataset(name))
+            yield self._destroy(name)
             return False
         # Receive into an unmounted replica and mount it again afterwards:
         # a mounted one would go on showing the kernel's cached pages of
