@@ -17,14 +17,15 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IConsumer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._async import sleep
 from .changes import calculate_changes
 from .config import ConfigurationError
 from .docker import configuration_digest
 from .model import ClusterState, Deployment, Node, NodeState
-from .node._deployer import resolve_ipv4
-from .node._wire import Peer, decode_node_state, encode_apply
+from .wire import Peer, decode_node_state, encode_apply, resolve_ipv4
 from .ssh import RemoteCommandFailed, SSHClient, SSHError
 
 __all__ = ["NodeFailure", "DeployFailed", "NodeInfo", "gather", "apply_all",
@@ -207,37 +208,44 @@ def dry_run(deployment: Deployment, infos: Dict[str, NodeInfo]) -> Dict[str, obj
 BUSY = 75  # the node's ``lease`` exit status while another deploy holds it
 
 
-def _sleep(reactor, seconds):
-    d = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
+@frozen
+class Lease:
+    """One node held for a deploy: cancel ``running`` to release it;
+    ``ended`` fires with why, if the lease ends for any reason."""
+
+    node: str
+    running: Deferred
+    ended: Deferred
 
 
 async def hold(reactor, run, name: str, deploy_id: str, on_event,
-               wait: float) -> Deferred:
+               wait: float) -> Lease:
     """
     Hold one node for this deploy (its ``lease`` command, run with
-    ``run(argv, **kwargs)`` on a connection to it); fires with the running
-    command, whose cancellation releases the node.  While another deploy
+    ``run(argv, **kwargs)`` on a connection to it).  While another deploy
     holds the node, wait up to ``wait`` seconds.
     """
     deadline = reactor.seconds() + wait
     told = False
     while True:
-        granted = Deferred()
+        granted: Deferred = Deferred()
+        ended: Deferred = Deferred()
         lines = _Lines(lambda event: granted.callback(None)
                        if event.get("lease") == "granted" and not granted.called
                        else None)
         running = run(["lease", deploy_id], stdout_consumer=lines)
 
-        def ended(result, granted=granted):
+        def finished(result, granted=granted, ended=ended):
             if not granted.called:
                 granted.errback(result)
+            else:
+                ended.callback(_explain(result.value) if isinstance(result, Failure)
+                               else "the node ended the lease")
             return None
-        running.addBoth(ended)
+        running.addBoth(finished)
         try:
             await granted
-            return running
+            return Lease(name, running, ended)
         except RemoteCommandFailed as e:
             if e.result.status != BUSY or reactor.seconds() >= deadline:
                 if e.result.status == BUSY:
@@ -247,11 +255,11 @@ async def hold(reactor, run, name: str, deploy_id: str, on_event,
             if not told:
                 on_event(name, {"action": "waiting", "message": e.result.stderr_text})
                 told = True
-            await _sleep(reactor, 1.0)
+            await sleep(reactor, 1.0)
 
 
 async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int,
-                   deploy_id: str, on_event, wait: float) -> List[Deferred]:
+                   deploy_id: str, on_event, wait: float) -> List[Lease]:
     """Hold every node, one after the other in address order (so two
     deploys never each hold a node the other waits for)."""
     names = sorted(n.hostname for n in deployment.nodes)
@@ -277,12 +285,12 @@ async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int
     try:
         for (address, name), connection in zip(order, connections):
             try:
-                running = await hold(reactor, connection.run, name, deploy_id,
-                                     on_event, wait)
+                lease = await hold(reactor, connection.run, name, deploy_id,
+                                   on_event, wait)
             except Exception as e:
                 raise DeployFailed([NodeFailure(name, _explain(e))])
-            running.addBoth(lambda _, c=connection: c.close())
-            held.append(running)
+            lease.running.addBoth(lambda _, c=connection: c.close())
+            held.append(lease)
     except BaseException:
         release(held)
         for connection in connections[len(held):]:
@@ -291,18 +299,39 @@ async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int
     return held
 
 
-def release(held: List[Deferred]) -> None:
-    for running in held:
-        running.cancel()
+def release(held: List[Lease]) -> None:
+    for lease in held:
+        if not lease.ended.called:
+            lease.ended.cancel()
+        lease.running.cancel()
 
 
 async def deploy(reactor, client: SSHClient, deployment: Deployment, port: int,
                  on_event: Callable[[str, dict], None], wait: float = 300.0) -> str:
-    """Hold every node, gather their states, apply everywhere, release."""
+    """
+    Hold every node, gather their states, apply everywhere, release.  If a
+    node's lease ends before that (its daemon restarted, the connection
+    dropped), another deploy could now interleave with this one, so the
+    deploy stops waiting and fails naming the node; nodes finish what they
+    were already sent.
+    """
     deploy_id = uuid.uuid4().hex
     held = await hold_all(reactor, client, deployment, port, deploy_id, on_event, wait)
-    try:
+
+    async def gather_and_apply():
         infos = await gather(reactor, client, deployment, port)
         return await apply_all(client, deployment, infos, port, on_event, deploy_id)
+    work = Deferred.fromCoroutine(gather_and_apply())
+    try:
+        index, outcome = await defer.race(
+            [work.addBoth(lambda result: [result])] + [lease.ended for lease in held])
+        if index > 0:
+            raise DeployFailed([NodeFailure(held[index - 1].node, (
+                "lost this deploy's lease (%s); another deploy may now change "
+                "the node, so this one stopped waiting (the nodes finish what "
+                "they were sent); run flocker-deploy again" % (outcome,)))])
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
     finally:
         release(held)

@@ -292,15 +292,20 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
 
 
 def _steps(change) -> List[str]:
-    from ..changes import InParallel, Sequentially, SetRoutes
-    if isinstance(change, (Sequentially, InParallel)):
-        result = []
-        for c in change.changes:
-            result.extend(_steps(c))
-        return result
-    if isinstance(change, SetRoutes):
-        return ["route %s %s" % (name, route) for name, _, route in change.routes]
-    return [change.summary]
+    """The plan a node would run, one line per step, in order; a step with
+    an undo shows it indented below."""
+    from ..changes import SetRoutes, UndoOnFailure, leaves
+    result = []
+    for step in leaves(change):
+        if isinstance(step, SetRoutes):
+            result.extend("route %s %s" % (name, route) for name, _, route in step.routes)
+        elif isinstance(step, UndoOnFailure):
+            result.append(step.change.summary)
+            result.append("  if that fails, undo: " + "; ".join(
+                s.summary for s in leaves(step.undo)))
+        else:
+            result.append(step.summary)
+    return result
 
 
 def main(argv: Optional[List[str]] = None, out: TextIO = None, err: TextIO = None) -> int:

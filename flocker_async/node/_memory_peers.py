@@ -1,55 +1,84 @@
 """
 ``IPeers`` between deployers in one process: what the SSH peer commands do,
 without SSH.  The convergence tests run whole moves with it on in-memory
-backends; tests/functional runs the same moves over real SSH.
+backends; the IPeers contract suite checks it against the SSH peers.
 """
 
 from __future__ import annotations
 
+from typing import Dict, Iterable, Optional
+
 from twisted.internet import defer
 from zope.interface import implementer
 
+from .._async import deferred
+from ..changes import ChangeFailed, RunContext
 from ..volume import VolumeName, VolumeNotFound
-from ._deployer import IPeers
+from ._interfaces import IPeers
 
 __all__ = ["MemoryPeers"]
 
 
 @implementer(IPeers)
 class MemoryPeers:
-    """``deployers`` maps host name to ``Deployer``; a name missing from it
-    is a node that cannot be reached."""
+    """
+    ``deployers`` maps host name to ``Deployer``; a name missing from it is
+    a node that cannot be reached.  ``sinks`` may map host name to where
+    that node's peer-command events go (as its daemon's log would).
+    """
 
-    def __init__(self, deployers):
+    def __init__(self, deployers, sinks: Optional[Dict] = None):
         self.deployers = deployers
+        self.sinks = sinks if sinks is not None else {}
         self.bytes_pushed = []
+        self.named: Optional[set] = None
+
+    def set_peers(self, peers: Iterable) -> None:
+        self.named = {p.address for p in peers}
 
     def _peer(self, node):
+        if self.named is not None and node not in self.named:
+            raise ChangeFailed(
+                "node %s is not among the peers the last deploy named" % (node,))
         try:
             return self.deployers[node]
         except KeyError:
             raise ConnectionRefusedError("cannot reach node %s" % (node,))
 
-    @defer.inlineCallbacks
-    def snapshots(self, node, volume):
+    def _context(self, node) -> RunContext:
+        return RunContext(node, self.sinks.get(node, lambda event: None))
+
+    @deferred
+    async def snapshots(self, node, volume):
         peer = self._peer(node)
-        peer.note_activity(volume)
+        peer.handoffs.note_activity(volume)
         try:
-            snapshots = yield peer.pool.snapshots(VolumeName(volume))
+            snapshots = await peer.pool.snapshots(VolumeName(volume))
         except VolumeNotFound:
             return []
         return [s.name for s in snapshots]
 
-    @defer.inlineCallbacks
-    def push(self, node, volume, start_send, replace=False):
+    @deferred
+    async def push(self, node, volume, start_send, replace=False):
         peer = self._peer(node)
-        receiver = yield defer.Deferred.fromCoroutine(peer.receiver(volume, replace))
+        context = self._context(node)
+        receiver = await peer.handoffs.receiver(volume, replace, context)
         stream = start_send(receiver)
-        sent = yield stream.done
+        try:
+            sent = await stream.done
+        except Exception as e:
+            # As over SSH, the receiving side's account of a failed push
+            # (out of space, ...) is the one the sender reports.
+            receiver.abort(str(e))
+            await receiver.done
+            raise
         receiver.finish()
-        yield receiver.done
+        snapshot = await receiver.done
+        context.emit("received", volume, snapshot=snapshot.name,
+                     bytes=receiver.bytes_received)
         self.bytes_pushed.append((node, volume, stream.bytes_sent))
         return sent
 
     def acquire(self, node, volume):
-        return defer.maybeDeferred(lambda: self._peer(node).acquire(volume))
+        return defer.maybeDeferred(
+            lambda: self._peer(node).handoffs.acquire(volume, self._context(node)))

@@ -6,14 +6,17 @@ host keys ``apply`` distributed.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Iterable
 
 from twisted.internet import defer
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from .._async import deferred
+from ..changes import ChangeFailed
 from ..ssh import SSHClient
-from ._deployer import ChangeFailed, IPeers
+from ..wire import Peer
+from ._interfaces import IPeers
 
 __all__ = ["SSHPeers"]
 
@@ -78,6 +81,9 @@ class SSHPeers:
                                 idle_timeout=idle_timeout)
         self.ports: Dict[str, int] = {}
 
+    def set_peers(self, peers: Iterable[Peer]) -> None:
+        self.ports = {p.address: p.ssh_port for p in peers}
+
     def _run(self, node, argv, **kwargs):
         port = self.ports.get(node)
         if port is None:
@@ -85,19 +91,19 @@ class SSHPeers:
                 "node %s is not among the peers the last deploy named" % (node,)))
         return self.client.run(node, port, argv, **kwargs)
 
-    @defer.inlineCallbacks
-    def snapshots(self, node, volume):
-        result = yield self._run(node, ["snapshots", volume])
+    @deferred
+    async def snapshots(self, node, volume):
+        result = await self._run(node, ["snapshots", volume])
         return [line for line in result.stdout.decode("ascii", "replace").splitlines()
                 if line]
 
-    @defer.inlineCallbacks
-    def push(self, node, volume, start_send, replace=False):
+    @deferred
+    async def push(self, node, volume, start_send, replace=False):
         body = _SendBody(start_send)
         argv = ["receive"] + (["--replace"] if replace else []) + [volume]
-        yield self._run(node, argv, stdin_producer=body)
+        await self._run(node, argv, stdin_producer=body)
         return body.stream.bytes_sent if body.stream is not None else 0
 
-    @defer.inlineCallbacks
-    def acquire(self, node, volume):
-        yield self._run(node, ["acquire", volume])
+    @deferred
+    async def acquire(self, node, volume):
+        await self._run(node, ["acquire", volume])

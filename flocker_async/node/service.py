@@ -20,17 +20,21 @@ import json
 import os
 from typing import Callable, Optional
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .. import __version__
-from ..changes import calculate_changes
-from ..config import NAME_PATTERN, ConfigurationError
+from .._async import deferred
+from ..changes import RunContext, calculate_changes
+from ..config import NAME_PATTERN, ConfigurationError, Problem
 from ..ssh import (
     OPERATOR,
     PEER,
@@ -43,18 +47,40 @@ from ..ssh import (
 )
 from ..volume import VolumeName, VolumeNotFound
 from ._config import NodeConfiguration, load_operator_keys
-from ._deployer import Deployer, resolve_ipv4
+from ..wire import MAX_REQUEST_BYTES, decode_apply, encode_node_state, resolve_ipv4
+from ._deployer import Deployer
 from ._keys import load_node_keys
 from ._persist import DesiredStateStore, write_atomically
 from ._sdnotify import SystemdNotifier
-from ._wire import MAX_REQUEST_BYTES, decode_apply, encode_node_state
 
-__all__ = ["make_node_service", "NodeConvergence", "node_commands",
-           "FlockerNodeService"]
+__all__ = ["make_node_service", "NodeConvergence", "NodeEvents",
+           "node_commands", "FlockerNodeService"]
 
 log = Logger()
 
 PEERS_KNOWN_HOSTS = "peers_known_hosts"
+
+
+class NodeEvents:
+    """
+    Where this node's progress events go: the daemon's log always, and the
+    ``apply`` being served, if any, so flocker-deploy also sees what peers
+    make happen here meanwhile (a volume received, taken over).
+    """
+
+    def __init__(self):
+        self._listeners = []
+
+    def emit(self, event: dict) -> None:
+        log.info("{node} {action} {application}", **dict(
+            {"node": "", "action": "", "application": ""}, **event))
+        for listener in list(self._listeners):
+            listener(event)
+
+    def listening(self, listener: Callable[[dict], None]):
+        """Forward events to ``listener`` until the returned callable is called."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
 
 class NodeConvergence(Service):
@@ -78,6 +104,7 @@ class NodeConvergence(Service):
         self.periodic_handoff_timeout = periodic_handoff_timeout
         self.apply_handoff_timeout = apply_handoff_timeout
         self.ssh_port = ssh_port
+        self.events = NodeEvents()
         self.request = None
         self.lock = defer.DeferredLock()
         self._loop = None
@@ -109,8 +136,13 @@ class NodeConvergence(Service):
         lines = "".join("[%s]:%d %s\n" % (p.address, p.ssh_port, p.host_key)
                         for p in peers)
         write_atomically(self.known_hosts_path, lines.encode("ascii"))
-        if hasattr(self.peers, "ports"):
-            self.peers.ports = {p.address: p.ssh_port for p in peers}
+        self.peers.set_peers(peers)
+
+    def context(self, handoff_timeout: Optional[float] = None) -> RunContext:
+        """A run context whose events go to this node's ``events``."""
+        return RunContext(self.deployer.hostname, self.events.emit,
+                          self.apply_handoff_timeout if handoff_timeout is None
+                          else handoff_timeout)
 
     # --- convergence ------------------------------------------------------------
 
@@ -155,24 +187,22 @@ class NodeConvergence(Service):
             self.last_error = message
         return d.addErrback(report)
 
-    async def _converge_coroutine(self, emit, handoff_timeout):
+    def _converge(self, emit, handoff_timeout) -> Deferred:
+        stop_listening = self.events.listening(emit) if emit else lambda: None
+        d = self._converge_once(self.context(handoff_timeout))
+        return d.addBoth(lambda result: (stop_listening(), result)[1])
+
+    @deferred
+    async def _converge_once(self, context: RunContext) -> None:
         if self.request is None:
             return
-        self.deployer.emit_event = emit or (lambda event: None)
-        self.deployer.handoff_timeout = handoff_timeout
-        try:
-            local = await self.deployer.discover()
-            cluster = self.request.cluster.with_node(local)
-            change = calculate_changes(self.deployer.hostname,
-                                       self.request.deployment, cluster,
-                                       self.deployer.digest)
-            await change.run(self.deployer)
-            self.last_error = None
-        finally:
-            self.deployer.emit_event = lambda event: None
-
-    def _converge(self, emit, handoff_timeout):
-        return Deferred.fromCoroutine(self._converge_coroutine(emit, handoff_timeout))
+        local = await self.deployer.discover()
+        cluster = self.request.cluster.with_node(local)
+        change = calculate_changes(self.deployer.hostname,
+                                   self.request.deployment, cluster,
+                                   self.deployer.digest)
+        await change.run(self.deployer, context)
+        self.last_error = None
 
     # --- service ------------------------------------------------------------------
 
@@ -190,7 +220,6 @@ class NodeConvergence(Service):
 
 
 def _problem(path, message):
-    from ..config import Problem
     return Problem("apply", path, message)
 
 
@@ -216,7 +245,7 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             snapshots[volume.name] = [
                 s.name for s in await deployer.pool.snapshots(VolumeName(volume.name))]
         routes = {name: {"ports": list(ports), "route": str(route)}
-                  for name, (ports, route) in sorted(deployer.routes.items())}
+                  for name, (ports, route) in sorted(deployer.routes.table.items())}
         document = encode_node_state(local, snapshots, extra={
             "ssh_port": ssh_port,
             "mount_root": deployer.pool.mount_root,
@@ -313,7 +342,7 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
     async def snapshots(role, args, session):
         name = _volume_argument(args)
         if role == PEER:
-            deployer.note_activity(name)
+            deployer.handoffs.note_activity(name)
         try:
             found = await deployer.pool.snapshots(VolumeName(name))
         except VolumeNotFound:
@@ -325,10 +354,14 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         replace = bool(args) and args[0] == "--replace"
         name = _volume_argument(args[1:] if replace else args)
         receiver = None
+        gone = []
 
         async def run():
             nonlocal receiver
-            receiver = await deployer.receiver(name, replace)
+            receiver = await deployer.handoffs.receiver(
+                name, replace, convergence.context())
+            if gone:
+                receiver.abort("the sending node went away")
             try:
                 await session.stream_stdin(receiver)
             except Exception as e:
@@ -341,23 +374,37 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
                          volume=name, why=str(e))
             receiver.finish()
             snapshot = await receiver.done
-            deployer.emit("received", name, snapshot=snapshot.name,
-                          bytes=receiver.bytes_received)
+            convergence.events.emit({
+                "node": deployer.hostname, "action": "received",
+                "application": name, "snapshot": snapshot.name,
+                "bytes": receiver.bytes_received})
             session.write(("received %s\n" % (snapshot,)).encode())
             return 0
 
         def cancel(_):
+            # The sender went away: cut the receive (zfs recv discards the
+            # partial stream); the receive itself still ends in its own time.
+            gone.append(True)
             if receiver is not None:
-                receiver.abort()
-        d = Deferred.fromCoroutine(run())
-        outer = Deferred(cancel)
-        d.chainDeferred(outer)
-        return outer.addErrback(_command_error)
+                receiver.abort("the sending node went away")
+        command = Deferred(cancel)
+
+        def ended(result):
+            if not command.called:
+                command.callback(result)
+            elif isinstance(result, Failure):
+                # Nobody waits for the command any more; the outcome is
+                # still worth a line in the log, never an unhandled error.
+                log.info("receive {volume} ended after its sender went away: "
+                         "{why}", volume=name, why=result.getErrorMessage())
+            return None
+        Deferred.fromCoroutine(run()).addBoth(ended)
+        return command.addErrback(_command_error)
 
     async def acquire(role, args, session):
         name = _volume_argument(args)
         try:
-            await deployer.acquire(name)
+            await deployer.handoffs.acquire(name, convergence.context())
         except VolumeNotFound:
             raise CommandError("this node holds no copy of volume %s to acquire"
                                % (name,), 1)
@@ -379,7 +426,9 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
 
 
 def _command_error(failure):
-    if failure.check(CommandError):
+    # A cancelled command (its client went away) stays cancelled: it is not
+    # a failure to report on a channel nobody reads.
+    if failure.check(CommandError, defer.CancelledError):
         return failure
     raise CommandError(failure.getErrorMessage(), 1)
 
@@ -390,33 +439,55 @@ def _coroutine(f):
     return run
 
 
-class _Listener(Service):
-    def __init__(self, endpoint, factory, notifier: SystemdNotifier, address):
+@implementer(IStreamServerEndpoint)
+class _ReadyWhenListening:
+    """
+    An endpoint that tells systemd the daemon is ready once it listens, and
+    stops the daemon, saying why, when it cannot listen (the address is not
+    this machine's, the port is taken).
+    """
+
+    def __init__(self, endpoint, notifier: SystemdNotifier, address: str, reactor):
         self.endpoint = endpoint
-        self.factory = factory
         self.notifier = notifier
         self.address = address
-        self.port = None
+        self.reactor = reactor
 
-    def startService(self):
-        Service.startService(self)
-
+    def listen(self, factory) -> Deferred:
         def listening(port):
-            self.port = port
             log.info("listening for SSH on {address}", address=self.address)
             self.notifier.ready("listening on %s" % (self.address,))
+            return port
 
         def failed(failure):
+            if failure.check(defer.CancelledError):
+                return None
             log.failure("cannot listen on {address}", failure, address=self.address)
-            from twisted.internet import reactor
-            reactor.stop()
-        return self.endpoint.listen(self.factory).addCallbacks(listening, failed)
+            self.reactor.stop()
+            return None
+        return self.endpoint.listen(factory).addCallbacks(listening, failed)
+
+
+class SSHListener(StreamServerEndpointService):
+    """The daemon's SSH port: an endpoint service (as twisted.conch.tap's),
+    telling systemd when it is ready and when it stops."""
+
+    def __init__(self, endpoint, factory, notifier: SystemdNotifier,
+                 address: str, reactor):
+        StreamServerEndpointService.__init__(
+            self, _ReadyWhenListening(endpoint, notifier, address, reactor), factory)
+        self.notifier = notifier
 
     def stopService(self):
-        Service.stopService(self)
         self.notifier.stopping()
-        if self.port is not None:
-            return self.port.stopListening()
+        return StreamServerEndpointService.stopService(self)
+
+
+def listen_endpoint(reactor, address: str, port: int):
+    """The server endpoint for ``address:port`` (IPv4 or IPv6)."""
+    kind = "tcp6" if ":" in address else "tcp"
+    return serverFromString(reactor, "%s:port=%d:interface=%s" % (
+        kind, port, quoteStringArgument(address)))
 
 
 class FlockerNodeService(MultiService):
@@ -460,10 +531,9 @@ def make_node_service(configuration: NodeConfiguration, reactor=None) -> IServic
     factory = make_ssh_factory(reactor, keys.host_key, authorizer,
                                node_commands(convergence, keys, configuration.ssh_port))
     listen = configuration.listen_address
-    endpoint_type = TCP6ServerEndpoint if ":" in listen else TCP4ServerEndpoint
-    endpoint = endpoint_type(reactor, configuration.ssh_port, interface=listen)
     root = FlockerNodeService()
-    _Listener(endpoint, factory, SystemdNotifier(),
-              "%s:%d" % (listen, configuration.ssh_port)).setServiceParent(root)
+    SSHListener(listen_endpoint(reactor, listen, configuration.ssh_port), factory,
+                SystemdNotifier(), "%s:%d" % (listen, configuration.ssh_port),
+                reactor).setServiceParent(root)
     convergence.setServiceParent(root)
     return root

@@ -21,7 +21,7 @@ from flocker_async import deploy as deploy_lib
 from flocker_async.changes import calculate_changes
 from flocker_async.config import ConfigurationError
 from flocker_async.model import ClusterState, Deployment, Node, NodeState
-from flocker_async.node._wire import MAX_REQUEST_BYTES, Peer, decode_apply, encode_apply
+from flocker_async.wire import MAX_REQUEST_BYTES, Peer, decode_apply, encode_apply
 from flocker_async.ssh import (
     PEER,
     AuthenticationRefused,

@@ -24,7 +24,7 @@ from flocker_async.model import (
 from flocker_async.node._deployer import Deployer
 from flocker_async.node._persist import DesiredStateStore
 from flocker_async.node._ssh_peers import SSHPeers
-from flocker_async.node._wire import decode_apply
+from flocker_async.wire import decode_apply
 from flocker_async.node.service import NodeConvergence, node_commands
 from flocker_async.route import MemoryNetwork, OpenPort, Proxy
 from flocker_async.ssh import (
@@ -327,7 +327,7 @@ class ReadinessTests(TestCase):
         """READY=1 reaches $NOTIFY_SOCKET only after the SSH port listens."""
         import socket as socket_module
         from flocker_async.node._sdnotify import SystemdNotifier
-        from flocker_async.node.service import _Listener
+        from flocker_async.node.service import SSHListener
         import tempfile
         directory = tempfile.mkdtemp(prefix="fa-")  # AF_UNIX paths are short
         self.addCleanup(os.rmdir, directory)
@@ -338,12 +338,14 @@ class ReadinessTests(TestCase):
         sock.setblocking(False)
         self.addCleanup(sock.close)
         node = Node_(self, "127.0.0.2", generate_key(), 0)
-        listener = _Listener(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.2"),
-                             node.factory, SystemdNotifier({"NOTIFY_SOCKET": path}),
-                             "127.0.0.2:0")
+        listener = SSHListener(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.2"),
+                               node.factory, SystemdNotifier({"NOTIFY_SOCKET": path}),
+                               "127.0.0.2:0", reactor)
         self.assertRaises(BlockingIOError, sock.recv, 100)
-        yield listener.startService()
-        self.assertIsNotNone(listener.port)
+        listener.startService()
+        listening = []
+        listener._waitingForPort.addCallback(lambda port: listening.append(port) or port)
+        self.assertEqual(len(listening), 1)
         self.assertIn(b"READY=1", sock.recv(100))
         yield listener.stopService()
         self.assertIn(b"STOPPING=1", sock.recv(100))

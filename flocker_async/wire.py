@@ -1,6 +1,8 @@
 """
-What crosses the wire between flocker-deploy and a node: the ``apply``
-request and the ``state`` report, as JSON.
+What crosses the wire between flocker-deploy and a node, and between
+nodes: the ``apply`` request and the ``state`` report, as JSON, and how a
+node's name becomes the IPv4 address it is reached at.  Both sides use
+this one module.
 
 A node never trusts its client: an ``apply`` request is checked as strictly
 as flocker-deploy checks the configuration files (the deployment and
@@ -17,8 +19,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from attrs import frozen
 from twisted.conch.ssh import keys
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 
-from ..config import (
+from .config import (
     ConfigurationError,
     NAME_PATTERN,
     Problem,
@@ -26,7 +30,7 @@ from ..config import (
     configuration_from_objects,
     deployment_to_document,
 )
-from ..model import (
+from .model import (
     ApplicationState,
     ClusterState,
     Deployment,
@@ -43,6 +47,7 @@ __all__ = [
     "decode_apply",
     "encode_node_state",
     "decode_node_state",
+    "resolve_ipv4",
 ]
 
 WIRE_VERSION = 1
@@ -287,3 +292,11 @@ def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
         raise ConfigurationError(p.problems)
     return ApplyRequest(node=node, deploy_id=deploy_id, deployment=deployment,
                         cluster=ClusterState(nodes), peers=tuple(peers))
+
+
+def resolve_ipv4(reactor, hostname: str) -> Deferred:
+    """An IPv4 address for a node's host name (IP addresses as they are)."""
+    try:
+        return defer.succeed(str(ipaddress.IPv4Address(hostname)))
+    except ValueError:
+        return reactor.resolve(hostname)

@@ -1,0 +1,146 @@
+"""
+Volumes arriving at this node from its peers: receiving a pushed stream,
+taking ownership (``acquire``), and a move's target waiting for both.
+
+These run on behalf of the peer commands (``receive``, ``acquire``,
+``snapshots``) as well as of the target's ``WaitForHandoff`` step, so they
+live with the node, not in one run of changes.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+
+from .._async import deferred
+from ..changes import ChangeFailed
+from ..volume import VolumeName, VolumeNotFound
+
+__all__ = ["Handoffs"]
+
+_Waiter = Tuple[Deferred, IDelayedCall, float]
+
+
+class Handoffs:
+    """
+    ``pool`` is the node's storage pool, ``routes`` its ``RouteTable``,
+    ``clock`` an ``IReactorTime``.  A target waiting for a handoff gives up
+    only after ``handoff_timeout`` seconds with no push or ``acquire``
+    activity from the source, so a long bulk copy never times out and a
+    dead source is noticed.
+    """
+
+    def __init__(self, hostname: str, pool, routes, clock):
+        self.hostname = hostname
+        self.pool = pool
+        self.routes = routes
+        self.clock = clock
+        self._waiting: Dict[str, List[_Waiter]] = {}
+
+    def note_activity(self, name: str) -> None:
+        """A peer is pushing or handing ``name`` over: keep waiting."""
+        for _, timer, timeout in self._waiting.get(name, []):
+            if timer.active():
+                timer.reset(timeout)
+
+    def _settle(self, name: str, outcome: Optional[str]) -> None:
+        """Fire every wait for ``name``: None once acquired, else why a
+        push from the source failed here."""
+        for waiter, _, _ in list(self._waiting.get(name, [])):
+            if not waiter.called:
+                waiter.callback(outcome)
+
+    @deferred
+    async def wait_for(self, name: str, source: str, context) -> None:
+        """Fire once ``name`` is this node's live copy (handed over by
+        ``source``); fail if a push from it fails here, or if nothing
+        arrives from it for ``context.handoff_timeout`` seconds."""
+        try:
+            volume = await self.pool.get(VolumeName(name))
+            if volume.owned_by(self.hostname) and not volume.read_only:
+                return
+        except VolumeNotFound:
+            pass
+        context.emit("wait-handoff", name, source=source)
+        timeout = context.handoff_timeout
+        waiter: Deferred = Deferred()
+
+        def idle():
+            if not waiter.called:
+                waiter.errback(ChangeFailed(
+                    "%s did not hand volume %s over: nothing arrived from it "
+                    "for %d s" % (source, name, timeout)))
+        entry = (waiter, self.clock.callLater(timeout, idle), timeout)
+        self._waiting.setdefault(name, []).append(entry)
+        try:
+            failed_because = await waiter
+        finally:
+            if entry[1].active():
+                entry[1].cancel()
+            self._waiting[name].remove(entry)
+            if not self._waiting[name]:
+                del self._waiting[name]
+        if failed_because is not None:
+            raise ChangeFailed("%s could not push volume %s here: %s"
+                               % (source, name, failed_because))
+
+    @deferred
+    async def acquire(self, name: str, context) -> None:
+        """Become the owner of a volume a peer has pushed here (its
+        ``acquire``); idempotent."""
+        self.note_activity(name)
+        volume = VolumeName(name)
+        current = await self.pool.get(volume)
+        if current.owned_by(self.hostname) and not current.read_only:
+            return
+        # New connections wait until the application runs here.
+        await self.routes.hold(name, context)
+        await self.pool.set_owner(volume, self.hostname)
+        await self.pool.set_read_only(volume, False)
+        context.emit("acquired", name)
+        self._settle(name, None)
+
+    @deferred
+    async def receiver(self, name: str, replace: bool, context):
+        """An ``IReceiveStream`` for a peer's push of ``name`` that counts
+        as handoff activity; ``replace`` discards an unrelated old replica
+        first (never the live copy)."""
+        volume = VolumeName(name)
+        self.note_activity(name)
+        if replace:
+            try:
+                current = await self.pool.get(volume)
+            except VolumeNotFound:
+                current = None
+            if current is not None and not current.owned_by(self.hostname):
+                context.emit("discard-replica", name)
+                await self.pool.discard_replica(volume)
+        stream = self.pool.receive(volume)
+
+        def failed(failure):
+            # Whoever waits for this volume's handoff learns now, with the
+            # reason, instead of when the source's next retry stops coming.
+            self._settle(name, failure.getErrorMessage())
+            return failure
+        stream.done.addErrback(failed)
+        return _ActivityReceiver(stream, lambda: self.note_activity(name))
+
+
+class _ActivityReceiver:
+    """An ``IReceiveStream`` that notes each 8 MiB written as activity."""
+
+    def __init__(self, receiver, touch):
+        self._receiver = receiver
+        self._touch = touch
+        self._last = 0
+
+    def write(self, data):
+        self._receiver.write(data)
+        if self._receiver.bytes_received - self._last > (8 << 20):
+            self._last = self._receiver.bytes_received
+            self._touch()
+
+    def __getattr__(self, name):
+        return getattr(self._receiver, name)
