@@ -1,0 +1,115 @@
+"""
+The node's SSH commands driven directly with a fake session and a fake
+clock: what each does when its client goes away.
+"""
+
+import gc
+import os
+
+from twisted.internet import defer
+from twisted.internet.defer import AlreadyCalledError, CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from flocker_async.docker import MemoryDockerClient
+from flocker_async.model import DockerImage
+from flocker_async.node._deployer import Deployer
+from flocker_async.node._memory_peers import MemoryPeers
+from flocker_async.node._persist import DesiredStateStore
+from flocker_async.node.service import NodeConvergence, _command_error, node_commands
+from flocker_async.route import MemoryNetwork
+from flocker_async.ssh import OPERATOR, PEER, CommandError, KeyAuthorizer, NodeKeys, generate_key
+from flocker_async.volume import MemoryStoragePool, VolumeName
+
+from twisted.python.failure import Failure
+
+N1 = "10.1.0.1"
+
+
+class FakeSession:
+    """What a command sees of its SSH channel; stdin is fed by the test."""
+
+    def __init__(self, role=PEER):
+        self.role = role
+        self.key_fingerprint = "SHA256:test"
+        self.peer = None
+        self.stdout = []
+        self.stdin_done = Deferred()
+        self.consumer = None
+
+    def write(self, data):
+        self.stdout.append(data)
+
+    def stream_stdin(self, consumer):
+        self.consumer = consumer
+        return self.stdin_done
+
+
+def make_node(testcase):
+    clock = Clock()
+    root = testcase.mktemp()
+    os.makedirs(root)
+    pool = MemoryStoragePool(clock, os.path.join(root, "pool"), N1)
+    deployer = Deployer(N1, MemoryDockerClient(images=[DockerImage("busybox")]),
+                        pool, MemoryNetwork(), MemoryPeers({}), clock,
+                        resolve=defer.succeed)
+    known_hosts = os.path.join(root, "known_hosts")
+    convergence = NodeConvergence(deployer, DesiredStateStore(os.path.join(root, "state")),
+                                  clock, 3600, KeyAuthorizer({}), deployer.peers,
+                                  known_hosts)
+    keys = NodeKeys(host_key=generate_key(), node_key=generate_key())
+    return clock, deployer, convergence, node_commands(convergence, keys, 4522)
+
+
+class ReceiveCancellationTests(SynchronousTestCase):
+    def test_sender_gone_then_receive_ends(self):
+        """
+        The sender goes away mid-stream: the command is cancelled (the
+        channel closed) and the receive is cut.  When the receive then
+        ends, nothing fires the cancelled command a second time (which
+        raised AlreadyCalledError, an unhandled error in the daemon log,
+        and lost the receive's own failure).
+        """
+        clock, deployer, convergence, commands = make_node(self)
+        session = FakeSession()
+        running = commands["receive"].run(PEER, ["web"], session)
+        clock.advance(0)
+        self.assertIsNotNone(session.consumer)
+        session.consumer.write(b"x" * 1000)
+        running.cancel()
+        failures = []
+        running.addErrback(failures.append)
+        self.assertEqual(len(failures), 1)
+        failures[0].trap(CancelledError)
+        # The server then sees the channel's stdin end: the receive ends.
+        session.stdin_done.errback(ConnectionError("channel closed"))
+        clock.advance(1)
+        del running
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(AlreadyCalledError), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        # Nothing was received into a volume.
+        self.assertEqual(self.successResultOf(deployer.pool.enumerate()), [])
+
+
+class CommandErrorTests(SynchronousTestCase):
+    def test_cancelled_stays_cancelled(self):
+        """A command cancelled because its client went away is not turned
+        into a command error (to be written on a channel nobody reads)."""
+        result = _command_error(Failure(CancelledError()))
+        self.assertIsInstance(result, Failure)
+        self.assertTrue(result.check(CancelledError))
+        self.assertFalse(result.check(CommandError))
+
+    def test_other_errors_become_command_errors(self):
+        with self.assertRaises(CommandError) as caught:
+            _command_error(Failure(RuntimeError("boom")))
+        self.assertEqual(str(caught.exception.message), "boom")
+
+    def test_snapshots_cancelled_by_client(self):
+        clock, deployer, convergence, commands = make_node(self)
+        blocked = Deferred()
+        deployer.pool.snapshots = lambda name: blocked
+        running = commands["snapshots"].run(OPERATOR, ["web"], FakeSession(OPERATOR))
+        running.cancel()
+        self.failureResultOf(running, CancelledError)
