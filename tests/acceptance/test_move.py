@@ -284,6 +284,17 @@ class CommandLineTests(LabTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("push volume web to %s" % (self.n2,), result.stdout)
         self.assertIn("wait for %s to hand volume web over" % (self.n1,), result.stdout)
+        # Every step of the source's move, in order, under its node.
+        source = result.stdout.split("%s (%s):" % (self.n1, self.n1))[1].split(
+            "%s (%s):" % (self.n2, self.n2))[0]
+        steps = [line.strip() for line in source.splitlines() if line.strip()]
+        expected = ["push volume web to", "route web held", "stop web",
+                    "make volume web read-only and push the final increment",
+                    "if that fails, undo: make volume web writable",
+                    "hand volume web over to", "route web proxy to"]
+        found = [next(i for i, line in enumerate(steps) if line.startswith(e))
+                 for e in expected]
+        self.assertEqual(found, sorted(found), steps)
         after = (self.node_exec("n1", ["docker", "ps", "-q"]),
                  self.node_exec("n2", ["docker", "ps", "-q"]),
                  self.node_exec("n1", ["iptables-save"]).count("flocker"),
