@@ -10,11 +10,12 @@ sees what the tool said.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 
 __all__ = ["ProcessResult", "CommandFailed", "CommandTimedOut", "run_process"]
@@ -73,20 +74,23 @@ class CommandTimedOut(CommandFailed):
 
 
 class _Collector(ProcessProtocol):
-    def __init__(self, argv, stdin: Optional[bytes], done: Deferred):
+    def __init__(self, argv, stdin: Optional[bytes],
+                 done: "Deferred[ProcessResult]"):
         self.argv = tuple(argv)
         self.stdin = stdin
         self.done = done
-        self.out = []
-        self.err = []
+        self.out: List[bytes] = []
+        self.err: List[bytes] = []
         self.size = 0
 
     def connectionMade(self):
+        transport = self.transport
+        assert transport is not None
         if self.stdin is not None:
-            self.transport.write(self.stdin)
-        self.transport.closeStdin()
+            transport.write(self.stdin)
+        transport.closeStdin()
 
-    def _keep(self, chunks, data):
+    def _keep(self, chunks: List[bytes], data: bytes) -> None:
         if self.size < MAX_OUTPUT:
             chunks.append(data)
             self.size += len(data)
@@ -115,11 +119,12 @@ class _Collector(ProcessProtocol):
 
 
 def run_process(
-    reactor,
+    reactor: IReactorProcess,
     argv: Sequence[str],
     stdin: Optional[bytes] = None,
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
+    clock: Optional[IReactorTime] = None,
 ) -> "Deferred[ProcessResult]":
     """
     Run ``argv`` (looked up on PATH) and fire with its ``ProcessResult``, or
@@ -127,7 +132,7 @@ def run_process(
     Deferred kills the process.  With ``timeout``, a command still running
     after that many seconds is killed and fails with ``CommandTimedOut``
     (also when the kill cannot take effect, as for a process stuck on a
-    hung file system).
+    hung file system).  The timeout runs on ``clock`` (default: ``reactor``).
     """
     argv = [os.fsdecode(a) for a in argv]
     executable = _which(argv[0])
@@ -142,13 +147,15 @@ def run_process(
             except Exception:
                 pass
 
-    done = Deferred(cancel)
+    done: "Deferred[ProcessResult]" = Deferred(cancel)
     protocol = _Collector(argv, stdin, done)
     reactor.spawnProcess(protocol, executable, argv, env=dict(env))
     if timeout is not None:
         def timed_out(result, seconds):
             raise CommandTimedOut(argv, seconds)
-        done.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
+        # Without a clock of its own, the reactor is the clock.
+        timer = clock if clock is not None else cast(IReactorTime, reactor)
+        done.addTimeout(timeout, timer, onTimeoutCancel=timed_out)
     return done
 
 

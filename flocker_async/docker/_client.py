@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Any, Dict, List, Optional
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -138,14 +139,17 @@ class DockerClient:
     """
     The Docker engine listening on ``socket_path``.
 
-    ``agent`` replaces the UNIX-socket agent (tests pass an in-memory one).
+    ``agent`` replaces the UNIX-socket agent (tests pass an in-memory one);
+    ``clock`` (default: ``reactor``) runs the request timeouts.
     """
 
     log = Logger()
 
     def __init__(self, reactor, socket_path: str = DEFAULT_SOCKET_PATH,
-                 agent=None, request_timeout: float = REQUEST_TIMEOUT):
+                 agent=None, request_timeout: float = REQUEST_TIMEOUT,
+                 clock: Optional[IReactorTime] = None):
         self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
         self.socket_path = socket_path
         self.request_timeout = request_timeout
         if agent is None:
@@ -206,7 +210,7 @@ class DockerClient:
             raise DockerError("the Docker engine at %s did not answer %s %s "
                               "within %g s" % (self.socket_path, method,
                                                path.split("?")[0], seconds))
-        return d.addTimeout(timeout, self._reactor, onTimeoutCancel=timed_out)
+        return d.addTimeout(timeout, self._clock, onTimeoutCancel=timed_out)
 
     async def _raw_request_coroutine(self, method, path, params, body,
                                      content_type):
@@ -216,7 +220,7 @@ class DockerClient:
             raise DockerError("cannot connect to the Docker engine at %s: a "
                               "UNIX socket path is at most %d bytes"
                               % (self.socket_path, _MAX_SOCKET_PATH))
-        headers = {}
+        headers: Dict[str | bytes, List[str | bytes]] = {}
         if content_type is not None:
             headers["Content-Type"] = [content_type]
         d = self._http.request(
@@ -249,7 +253,7 @@ class DockerClient:
     def _negotiated_version(self) -> "Deferred[tuple]":
         if self._api_version is not None:
             return succeed(self._api_version)
-        waiter = Deferred()
+        waiter: "Deferred[tuple]" = Deferred()
         if self._negotiation_waiters is not None:
             self._negotiation_waiters.append(waiter)
             return waiter
@@ -257,7 +261,7 @@ class DockerClient:
 
         def finished(result):
             waiters, self._negotiation_waiters = (
-                self._negotiation_waiters, None)
+                self._negotiation_waiters or [], None)
             if not isinstance(result, Failure):
                 self._api_version = result
             for each in waiters:
@@ -303,7 +307,7 @@ class DockerClient:
             params={"all": "1",
                     "filters": json.dumps({"label": [APPLICATION_LABEL]})})
         units = set()
-        image_env = {}
+        image_env: Dict[str, frozenset] = {}
         for summary in json.loads(content):
             try:
                 unit = await self._inspect(summary["Id"], image_env)
@@ -459,17 +463,18 @@ def _create_body(application, volume_path) -> dict:
         raise ValueError(
             "application %r: a volume path is needed exactly when the "
             "application has a volume" % (application.name,))
-    exposed = {}
-    bindings = {}
+    exposed: Dict[str, dict] = {}
+    bindings: Dict[str, List[Dict[str, str]]] = {}
     for port in sorted(application.ports):
         key = "%d/tcp" % (port.internal_port,)
         exposed[key] = {}
         bindings.setdefault(key, []).append(
             {"HostIp": "", "HostPort": str(port.external_port)})
     policy = application.restart_policy
-    host_config = {
+    binds: List[str] = []
+    host_config: Dict[str, Any] = {
         "PortBindings": bindings,
-        "Binds": [],
+        "Binds": binds,
         "Memory": application.mem_limit or 0,
         "CpuShares": application.cpu_shares or 0,
         "RestartPolicy": {
@@ -478,7 +483,7 @@ def _create_body(application, volume_path) -> dict:
         },
     }
     if application.volume is not None:
-        host_config["Binds"].append(
+        binds.append(
             "%s:%s" % (volume_path, application.volume.mountpoint))
     return {
         "Image": application.image.full_name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import FrozenSet, Optional, Tuple
+from typing import FrozenSet, Iterable, Optional, Tuple
 
 from attrs import field, frozen, validators
 from zope.interface import Attribute, Interface
@@ -105,6 +105,11 @@ class BoundVolume:
     mountpoint: str = field(validator=validators.instance_of(str))
 
 
+def _port_set(ports: Iterable[Port]) -> FrozenSet[Port]:
+    # A typed converter: mypy cannot infer Unit's argument from ``frozenset``.
+    return frozenset(ports)
+
+
 @frozen
 class Unit:
     """
@@ -123,7 +128,7 @@ class Unit:
     config_digest: Optional[str] = None
     environment: Tuple[Tuple[str, str], ...] = field(
         default=(), converter=lambda pairs: tuple(sorted(pairs)))
-    ports: FrozenSet[Port] = field(default=frozenset(), converter=frozenset)
+    ports: FrozenSet[Port] = field(default=frozenset(), converter=_port_set)
     volume: Optional[BoundVolume] = None
     mem_limit: Optional[int] = None
     cpu_shares: Optional[int] = None

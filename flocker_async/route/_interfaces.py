@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import FrozenSet
+from typing import Dict, FrozenSet, List, Set, Union
 
 from attrs import field, frozen
 from zope.interface import Interface
@@ -153,8 +153,8 @@ def desired_state(proxies=(), open_ports=(), held_ports=()) -> NetworkState:
             raise TypeError("%s must be a collection of values, got %r"
                             % (name, value))
     state = NetworkState(proxies, open_ports, held_ports)
-    owners = {}
-    routes = {}
+    owners: Dict[int, Set[str]] = {}
+    routes: Dict[int, List[Union[Proxy, OpenPort]]] = {}
     for value in state.proxies | state.open_ports | state.held_ports:
         owners.setdefault(value.port, set()).add(value.application)
     for value in state.proxies | state.open_ports:

@@ -226,7 +226,7 @@ def parse_state(saved: SavedTables) -> NetworkState:
     FLOCKER-PREROUTING, open ports from filter FLOCKER-INPUT, held ports from
     raw FLOCKER-HOLD-PREROUTING; rules without our comment are ignored.
     """
-    found = {Proxy: set(), OpenPort: set(), HeldPort: set()}
+    found: Dict[type, set] = {Proxy: set(), OpenPort: set(), HeldPort: set()}
     for table_name, table in saved.tables.items():
         for rule in table.rules:
             value = _value_from_rule(table_name, rule)

@@ -16,7 +16,7 @@ import os
 import shlex
 import signal as signal_module
 import struct
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, cast
 
 from attrs import frozen
 from twisted.conch.ssh import connection, keys
@@ -27,6 +27,8 @@ from twisted.conch.ssh.userauth import SSHUserAuthClient
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import (
+    IReactorTCP, IReactorTime, ITCPTransport, ITransport)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -182,8 +184,8 @@ def _show(argv):
 
 @frozen
 class _Settings:
-    reactor: object
-    clock: object
+    reactor: IReactorTCP
+    clock: IReactorTime
     identity: keys.Key
     known_hosts_path: str
     username: str
@@ -240,18 +242,18 @@ class _ClientTransport(SSHClientTransport):
         self.host = host
         self.port = port
         self._phase = "key exchange"
-        self._failure = None
-        self._remote_error = None
-        self.handle = None
+        self._failure: Optional[Failure] = None
+        self._remote_error: Optional[str] = None
+        self.handle: Optional[SSHClientConnection] = None
 
         def cancel(d):
-            if self.transport is not None:
-                self.transport.abortConnection()
-        self.ready = Deferred(cancel)
+            _abort(self.transport)
+        self.ready: "Deferred[SSHClientConnection]" = Deferred(cancel)
 
     def verifyHostKey(self, hostKey, fingerprint_md5):
         key = keys.Key.fromString(hostKey)
         path = self.settings.known_hosts_path
+        error: SSHError
         try:
             status = check_known_host(path, self.host, self.port, key)
         except Exception as e:
@@ -306,10 +308,17 @@ class _ClientTransport(SSHClientTransport):
         self.ready.errback(failure)
 
 
-def _failed(error):
-    d = Deferred()
+def _failed(error: Exception) -> "Deferred[bool]":
+    d: "Deferred[bool]" = Deferred()
     d.errback(error)
     return d
+
+
+def _abort(transport: Optional[ITransport]) -> None:
+    """Drop a connection at once, unsent bytes and all."""
+    if transport is not None:
+        # Our transports are TCP ones (or in-memory stand-ins): they abort.
+        cast(ITCPTransport, transport).abortConnection()
 
 
 class _ClientFactory(Factory):
@@ -379,13 +388,14 @@ class _CommandChannel(SSHChannel):
                 handle._settings.max_output)
         self._stdout_finished = False
         self.stdout.attach(stdout_consumer).addBoth(self._stdout_ended)
-        self._stderr = []
+        self._stderr: List[bytes] = []
         self._stderr_size = 0
-        self.status = None
-        self.signal = None
-        self._error = None
+        self.status: Optional[int] = None
+        self.signal: Optional[str] = None
+        self._error: Optional[Exception] = None
         self._closed = False
-        self.result = Deferred(lambda d: self._abort(CancelledError()))
+        self.result: "Deferred[CommandResult]" = Deferred(
+            lambda d: self._abort(CancelledError()))
         self._idle = None
         self._idle_timeout = idle_timeout
 
@@ -397,6 +407,7 @@ class _CommandChannel(SSHChannel):
             self._idle = _IdleWatch(settings.clock, self._idle_timeout, self._timed_out,
                                     lambda: self.stdout.paused)
         command_line = " ".join(shlex.quote(arg) for arg in self.argv)
+        assert self.conn is not None
         d = self.conn.sendRequest(self, b"exec", NS(command_line.encode("utf-8")),
                                   wantReply=True)
         d.addCallbacks(self._exec_accepted, self._exec_refused)
@@ -447,6 +458,7 @@ class _CommandChannel(SSHChannel):
     def _maybe_send_eof(self):
         if self._eof_wanted and not self._eof_sent and not self.buf and not self.localClosed:
             self._eof_sent = True
+            assert self.conn is not None
             self.conn.sendEOF(self)
 
     # Events from the server.
@@ -473,11 +485,10 @@ class _CommandChannel(SSHChannel):
 
     def request_exit_signal(self, data):
         self._touch()
-        name, rest = getNS(data)
-        name = name.decode("ascii", "replace")
-        self.signal = name if name.startswith("SIG") else "SIG" + name
-        if not hasattr(signal_module, self.signal):
-            self.signal = name
+        raw_name, rest = getNS(data)
+        name = raw_name.decode("ascii", "replace")
+        signal = name if name.startswith("SIG") else "SIG" + name
+        self.signal = signal if hasattr(signal_module, signal) else name
         return 1
 
     def eofReceived(self):
@@ -573,7 +584,7 @@ class SSHClientConnection:
         self.port = transport.port
         self.host_key = transport.host_key
         self.host_key_fingerprint = fingerprint(transport.host_key)
-        self._closed = Deferred()
+        self._closed: "Deferred[None]" = Deferred()
         self.connected = True
 
     def run(self, argv: Sequence[str], stdin: Optional[bytes] = None,
@@ -618,17 +629,20 @@ class SSHClientConnection:
         """Disconnect; the result fires when the TCP connection is gone."""
         if self.connected:
             if abort:
-                self._transport.transport.abortConnection()
+                _abort(self._transport.transport)
             else:
                 self._transport.loseConnection()
         return self.when_closed()
 
-    def when_closed(self) -> Deferred:
-        d = Deferred()
+    def when_closed(self) -> "Deferred[None]":
+        d: "Deferred[None]" = Deferred()
         if self._closed.called:
             d.callback(None)
         else:
-            self._closed.addBoth(lambda r: d.callback(None) or r)
+            def closed(result):
+                d.callback(None)
+                return result
+            self._closed.addBoth(closed)
         return d
 
     def _lost(self, reason):
@@ -645,18 +659,20 @@ class SSHClient:
     is an independent TCP connection, so many may run at once.
     """
 
-    def __init__(self, reactor, identity: keys.Key, known_hosts_path,
+    def __init__(self, reactor: IReactorTCP, identity: keys.Key, known_hosts_path,
                  username: str = "root",
                  connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT,
                  idle_timeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
                  window_size: int = DEFAULT_WINDOW_SIZE,
                  max_packet: int = DEFAULT_MAX_PACKET,
                  max_output: int = DEFAULT_MAX_OUTPUT,
-                 clock=None):
+                 clock: Optional[IReactorTime] = None):
         if identity.isPublic():
             raise ValueError("the identity must be a private key")
         self._settings = _Settings(
-            reactor=reactor, clock=clock if clock is not None else reactor,
+            # Without a clock of its own, the reactor is the clock.
+            reactor=reactor,
+            clock=clock if clock is not None else cast(IReactorTime, reactor),
             identity=identity, known_hosts_path=_fspath(known_hosts_path),
             username=username, connect_timeout=connect_timeout,
             idle_timeout=idle_timeout, window_size=window_size,
@@ -674,12 +690,12 @@ class SSHClient:
 
         async def connect():
             try:
-                transport = await endpoint.connect(_ClientFactory(settings, host, port))
+                protocol = await endpoint.connect(_ClientFactory(settings, host, port))
             except (CancelledError, ConnectingCancelledError):
                 raise CancelledError()
             except Exception as e:
                 raise ConnectFailed(host, port, "cannot connect: %s" % (e,))
-            return await transport.ready
+            return await cast(_ClientTransport, protocol).ready
 
         d = Deferred.fromCoroutine(connect())
         if settings.connect_timeout:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import Deque
 
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.internet.defer import Deferred
@@ -105,7 +106,7 @@ class InboundStream:
 
     def __init__(self, channel):
         self._channel = channel
-        self._pending = deque()
+        self._pending: Deque[bytes] = deque()
         self.buffered = 0
         self.max_buffered = 0
         self.delivered = 0

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import shlex
 import struct
-import time
-from typing import Callable, Collection, Mapping, Optional
+from typing import Callable, Collection, Dict, FrozenSet, Mapping, Optional, cast
 
 from attrs import frozen, field
 from twisted.conch import error as conch_error
@@ -25,6 +24,7 @@ from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import CancelledError, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -207,7 +207,7 @@ class CommandSession:
         self.peer = channel.getPeer()
         self._stdin = channel.stdin
         self._stdout = channel.stdout
-        self.exit_status = None
+        self.exit_status: Optional[int] = None
 
     # stdout: IConsumer
 
@@ -286,7 +286,7 @@ class _CommandChannel(SSHChannel):
         self.identity = identity
         self.stdin = InboundStream(self)
         self.stdout = OutboundStream(self)
-        self.session = None
+        self.session: Optional[CommandSession] = None
         self._command_line = None
         self._running = None
         self._exit_status = None
@@ -346,33 +346,34 @@ class _CommandChannel(SSHChannel):
                 "%s: not permitted for the %s role; commands you may run: %s"
                 % (name, self.identity.role, allowed), command_line)
         self._command_name = name
-        self._started_at = time.monotonic()
+        self._started_at = self.server.reactor.seconds()
         _log.info("ssh command {command} started by {role} key {fingerprint}",
                   command=name, args=args, role=self.identity.role,
                   fingerprint=self.identity.fingerprint)
-        self.session = CommandSession(self, self.identity.role, args)
-        running = maybeDeferred(command.run, self.identity.role, list(args), self.session)
+        session = self.session = CommandSession(self, self.identity.role, args)
+        running = maybeDeferred(command.run, self.identity.role, list(args), session)
         self._running = running
-        running.addCallbacks(self._command_returned, self._command_failed)
+        running.addCallbacks(self._command_returned, self._command_failed,
+                             callbackArgs=(session,), errbackArgs=(session,))
         running.addErrback(lambda failure: _log.failure(
             "ssh command {command} result handling failed", failure, command=name))
 
-    def _command_returned(self, status):
+    def _command_returned(self, status, session: CommandSession):
         self._running = None
-        self.session.exit(0 if status is None else status)
+        session.exit(0 if status is None else status)
 
-    def _command_failed(self, failure):
+    def _command_failed(self, failure, session: CommandSession):
         self._running = None
         if failure.check(CancelledError) and self.localClosed:
             return
         if failure.check(CommandError):
-            self.session.write_stderr(failure.value.message.rstrip("\n") + "\n")
-            self.session.exit(failure.value.status)
+            session.write_stderr(failure.value.message.rstrip("\n") + "\n")
+            session.exit(failure.value.status)
             return
         _log.failure("ssh command {command} failed", failure, command=self._command_name)
-        self.session.write_stderr("%s: internal error: %s\n"
-                                  % (self._command_name, failure.getErrorMessage()))
-        self.session.exit(1)
+        session.write_stderr("%s: internal error: %s\n"
+                             % (self._command_name, failure.getErrorMessage()))
+        session.exit(1)
 
     # Data from the client.
 
@@ -405,7 +406,7 @@ class _CommandChannel(SSHChannel):
                 _log.info("ssh command {command} exited {status} after {seconds:.3f}s",
                           command=self._command_name, status=status,
                           role=self.identity.role,
-                          seconds=time.monotonic() - self._started_at)
+                          seconds=self.server.reactor.seconds() - self._started_at)
         self._maybe_send_exit()
 
     def _maybe_send_exit(self):
@@ -413,6 +414,7 @@ class _CommandChannel(SSHChannel):
                 or self.localClosed):
             return
         self._exit_sent = True
+        assert self.conn is not None
         self.conn.sendRequest(self, b"exit-status",
                               struct.pack(">L", self._exit_status & 0xFFFFFFFF))
         self.conn.sendEOF(self)
@@ -441,10 +443,16 @@ class _UserAuthServer(SSHUserAuthServer):
     loginTimeout = 120
     attemptsBeforeDisconnect = 6
 
+    def serviceStarted(self):
+        # conch's login timer runs on the global reactor unless told otherwise.
+        assert self.transport is not None
+        self.clock = self.transport.factory.settings.reactor
+        SSHUserAuthServer.serviceStarted(self)
+
 
 @frozen
 class _ServerSettings:
-    reactor: object
+    reactor: IReactorTime
     commands: Mapping[str, ICommand]
     window_size: int
     max_packet: int
@@ -455,7 +463,8 @@ class _ServerConnection(FlowControlledConnection):
         # Refuse here, quietly: conch logs a refusal raised from
         # lookupChannel as an unexpected failure with a traceback.
         channel_type, rest = getNS(packet)
-        refusal = self.transport.avatar.refusal(channel_type)
+        assert self.transport is not None
+        refusal = cast(_CommandUser, self.transport.avatar).refusal(channel_type)
         if refusal is None:
             return FlowControlledConnection.ssh_CHANNEL_OPEN(self, packet)
         text, code = refusal
@@ -466,6 +475,8 @@ class _ServerConnection(FlowControlledConnection):
 
 
 class _CommandServerFactory(SSHFactory):
+    settings: _ServerSettings
+    portal: Portal
     services = {
         b"ssh-userauth": _UserAuthServer,
         b"ssh-connection": _ServerConnection,
@@ -473,7 +484,7 @@ class _CommandServerFactory(SSHFactory):
 
 
 def make_ssh_factory(
-    reactor,
+    reactor: IReactorTime,
     host_key: keys.Key,
     authorizer: Authorizer,
     commands: Mapping[str, ICommand],
@@ -497,6 +508,7 @@ def make_ssh_factory(
     settings = _ServerSettings(reactor=reactor, commands=dict(commands),
                                window_size=window_size, max_packet=max_packet)
     factory = _CommandServerFactory()
+    factory.settings = settings
     factory.publicKeys = {host_key.sshType(): host_key.public()}
     factory.privateKeys = {host_key.sshType(): host_key}
     factory.primes = None
@@ -512,7 +524,7 @@ class KeyAuthorizer:
     """
 
     def __init__(self, roles: Optional[Mapping[str, Collection[keys.Key]]] = None):
-        self._roles = {}
+        self._roles: Dict[str, FrozenSet[bytes]] = {}
         for role, role_keys in (roles or {}).items():
             self.set_keys(role, role_keys)
 

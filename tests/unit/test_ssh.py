@@ -1,6 +1,8 @@
 """
 Tests for flocker_async.ssh: a real conch server and client talking over
-loopback TCP inside one reactor.
+an in-memory network (tests/testtools/ssh.py's MemoryTCPNetwork) on a fake
+clock, so nothing waits on the wall clock.  OpenSSH against the server, over
+real loopback TCP, is in tests/functional/test_ssh_openssh.py.
 """
 
 from __future__ import annotations
@@ -14,25 +16,33 @@ from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection as conch_connection
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import NS
-from twisted.internet import reactor
 from twisted.cred.credentials import ISSHPrivateKey
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+from twisted.internet.error import (
+    ConnectionAborted, ConnectionDone, ConnectionLost, ConnectionRefusedError,
+    DNSLookupError, TimeoutError)
+from twisted.internet.interfaces import (
+    IReactorPluggableNameResolver, IReactorTCP, IReactorTime)
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import LoopingCall
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from flocker_async import ssh
+from flocker_async._async import sleep
 from flocker_async.ssh import _client, _flow, _keys, _server
 from flocker_async.ssh import (
     EXIT_NOT_PERMITTED, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, OPERATOR, PEER)
 
 from ..testtools.ssh import (
-    VERSION, SlowConsumer, SSHServerFixture, ZeroProducer, pattern)
+    VERSION, MemoryTCPNetwork, NetworkHung, SlowConsumer, SSHServerFixture,
+    ZeroProducer, forbid_global_reactor, pattern)
 
 
-class PublicNamesTests(TestCase):
+class PublicNamesTests(SynchronousTestCase):
     def test_reexports(self):
         """The package's public names are the private modules' objects."""
         self.assertIs(ssh.make_ssh_factory, _server.make_ssh_factory)
@@ -42,7 +52,7 @@ class PublicNamesTests(TestCase):
             self.assertTrue(hasattr(ssh, name), name)
 
 
-class KeyFileTests(TestCase):
+class KeyFileTests(SynchronousTestCase):
     def setUp(self):
         self.directory = os.path.join(self.mktemp(), "state")
 
@@ -137,7 +147,7 @@ class KeyFileTests(TestCase):
         self.assertIsNone(authorizer(stranger.public()))
 
 
-class FlowTests(TestCase):
+class FlowTests(SynchronousTestCase):
     """InboundStream/OutboundStream without a network."""
 
     class FakeConnection:
@@ -196,14 +206,24 @@ class FlowTests(TestCase):
         self.assertRaises(TypeError, stream.registerProducer, object(), False)
 
 
-class SSHTestCase(TestCase):
+class SSHTestCase(SynchronousTestCase):
+    """
+    A conch server and client on an in-memory network with a fake clock:
+    bytes move when the network is pumped, time when it is advanced.
+    """
+
     window_size = ssh.DEFAULT_WINDOW_SIZE
     max_packet = ssh.DEFAULT_MAX_PACKET
 
-    async def start_server(self, **kwargs):
+    def setUp(self):
+        forbid_global_reactor(self)
+        self.net = MemoryTCPNetwork()
+
+    def start_server(self, **kwargs):
         kwargs.setdefault("window_size", self.window_size)
         kwargs.setdefault("max_packet", self.max_packet)
-        self.server = await SSHServerFixture(self, self.mktemp_dir(), **kwargs).start()
+        self.server = SSHServerFixture(self, self.mktemp_dir(), reactor=self.net,
+                                       **kwargs).listen()
         return self.server
 
     def mktemp_dir(self):
@@ -211,156 +231,179 @@ class SSHTestCase(TestCase):
         os.makedirs(path)
         return path
 
-    async def assert_fails(self, d, exception_type):
+    def assert_fails(self, d, exception_type, limit=600.0):
         try:
-            await d
+            self.net.run(d, limit=limit)
         except exception_type as e:
             return e
         self.fail("expected %s" % (exception_type.__name__,))
 
 
 class CommandTests(SSHTestCase):
-    async def test_version_for_both_roles(self):
+    def test_version_for_both_roles(self):
         """version runs for an operator and for a peer, with their roles."""
-        server = await self.start_server()
-        result = await server.run(["version"])
+        server = self.start_server()
+        result = self.net.run(server.run(["version"]))
         self.assertEqual((result.status, result.stdout, result.stderr), (0, VERSION, b""))
-        await server.run(["version"], key=server.peer_key)
+        self.net.run(server.run(["version"], key=server.peer_key))
         self.assertEqual([(name, role) for name, role, _ in server.log.calls],
                          [("version", OPERATOR), ("version", PEER)])
         verifyObject(ssh.ICommandSession, server.log.sessions[0])
         self.assertEqual(server.log.sessions[0].key_fingerprint,
                          ssh.fingerprint(server.operator_key))
 
-    async def test_arguments_survive_quoting(self):
+    def test_arguments_survive_quoting(self):
         """Arguments with spaces and quotes arrive exactly as given."""
-        server = await self.start_server()
+        server = self.start_server()
         args = ["a b", "it's", '"x"', "$HOME", ""]
-        result = await server.run(["echo"] + args)
+        result = self.net.run(server.run(["echo"] + args))
         self.assertEqual(json.loads(result.stdout), {"role": OPERATOR, "args": args})
 
-    async def test_none_is_exit_zero(self):
+    def test_none_is_exit_zero(self):
         """A command returning None exits 0."""
-        server = await self.start_server()
-        result = await server.run(["state"])
+        server = self.start_server()
+        result = self.net.run(server.run(["state"]))
         self.assertEqual((result.status, json.loads(result.stdout)),
                          (0, {"role": OPERATOR}))
 
-    async def test_exit_statuses_propagate(self):
+    def test_exit_statuses_propagate(self):
         """Non-zero statuses reach the client with stderr and the host."""
-        server = await self.start_server()
+        server = self.start_server()
         for status in (1, 3, 255):
-            e = await self.assert_fails(server.run(["exit", str(status)]),
-                                        ssh.RemoteCommandFailed)
+            e = self.assert_fails(server.run(["exit", str(status)]),
+                                  ssh.RemoteCommandFailed)
             self.assertEqual(e.status, status)
             self.assertEqual(e.result.stderr, b"exiting %d\n" % (status,))
             self.assertIn("127.0.0.1:%d" % (server.port,), str(e))
             self.assertIn("exit status %d" % (status,), str(e))
 
-    async def test_command_error(self):
+    def test_command_error(self):
         """CommandError's message goes to stderr and its status is the exit status."""
-        server = await self.start_server()
-        e = await self.assert_fails(server.run(["fail", "vol1"]), ssh.RemoteCommandFailed)
+        server = self.start_server()
+        e = self.assert_fails(server.run(["fail", "vol1"]), ssh.RemoteCommandFailed)
         self.assertEqual((e.status, e.result.stderr_text), (3, "no such volume: vol1"))
 
-    async def test_internal_error(self):
+    def test_internal_error(self):
         """An unexpected exception exits 1 with a message, and is logged."""
-        server = await self.start_server()
-        e = await self.assert_fails(server.run(["crash"]), ssh.RemoteCommandFailed)
+        server = self.start_server()
+        e = self.assert_fails(server.run(["crash"]), ssh.RemoteCommandFailed)
         self.assertEqual(e.status, 1)
         self.assertIn("crash: internal error: divided by zero", e.result.stderr_text)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
-    async def test_unknown_command(self):
+    def test_unknown_command(self):
         """An unknown command: message naming it and the allowed ones, status 127."""
-        server = await self.start_server()
-        e = await self.assert_fails(server.run(["rm", "-rf", "/"]),
-                                    ssh.RemoteCommandFailed)
+        server = self.start_server()
+        e = self.assert_fails(server.run(["rm", "-rf", "/"]), ssh.RemoteCommandFailed)
         self.assertEqual(e.status, EXIT_UNKNOWN_COMMAND)
         self.assertIn("unknown command 'rm'", e.result.stderr_text)
         self.assertIn("commands you may run: crash, echo, exit, fail, hang, produce, "
                       "state, upper, version", e.result.stderr_text)
         self.assertEqual(server.log.calls, [])
 
-    async def test_wrong_role(self):
+    def test_wrong_role(self):
         """A peer may not run state; an operator may not run receive: status 126."""
-        server = await self.start_server()
-        e = await self.assert_fails(server.run(["state"], key=server.peer_key),
-                                    ssh.RemoteCommandFailed)
+        server = self.start_server()
+        e = self.assert_fails(server.run(["state"], key=server.peer_key),
+                              ssh.RemoteCommandFailed)
         self.assertEqual(e.status, EXIT_NOT_PERMITTED)
         self.assertIn("state: not permitted for the peer role", e.result.stderr_text)
-        e = await self.assert_fails(server.run(["receive", "v"]), ssh.RemoteCommandFailed)
+        e = self.assert_fails(server.run(["receive", "v"]), ssh.RemoteCommandFailed)
         self.assertEqual(e.status, EXIT_NOT_PERMITTED)
         self.assertEqual(server.log.calls, [])
 
-    async def test_empty_command(self):
+    def test_empty_command(self):
         """exec of an empty (or blank) command line is refused with status 2."""
-        server = await self.start_server()
-        e = await self.assert_fails(server.run([]), ssh.RemoteCommandFailed)
+        server = self.start_server()
+        e = self.assert_fails(server.run([]), ssh.RemoteCommandFailed)
         self.assertEqual(e.status, EXIT_USAGE)
         self.assertIn("no command given", e.result.stderr_text)
-        raw = await RawSession.open(self, server)
-        status, stderr = await raw.exec(b"   ")
+        raw = self.net.run(RawSession.open(self, server))
+        status, stderr = self.net.run(raw.exec(b"   "))
         self.assertEqual((status, b"no command given" in stderr), (EXIT_USAGE, True))
 
-    async def test_unparseable_command_line(self):
+    def test_unparseable_command_line(self):
         """Unbalanced quotes or invalid UTF-8 are refused with status 2."""
-        server = await self.start_server()
+        server = self.start_server()
         for line in (b"echo 'unbalanced", b"echo \xff"):
-            raw = await RawSession.open(self, server)
-            status, stderr = await raw.exec(line)
+            raw = self.net.run(RawSession.open(self, server))
+            status, stderr = self.net.run(raw.exec(line))
             self.assertEqual(status, EXIT_USAGE)
             self.assertIn(b"cannot parse the command line", stderr)
         self.assertEqual(server.log.calls, [])
 
-    async def test_stdin_bytes(self):
+    def test_stdin_bytes(self):
         """Small stdin given as bytes reaches read_stdin."""
-        server = await self.start_server()
-        result = await server.run(["upper"], stdin=b"desired state")
+        server = self.start_server()
+        result = self.net.run(server.run(["upper"], stdin=b"desired state"))
         self.assertEqual(result.stdout, b"DESIRED STATE")
 
-    async def test_stdin_too_large(self):
+    def test_stdin_too_large(self):
         """read_stdin refuses more than its limit."""
-        server = await self.start_server()
-        e = await self.assert_fails(server.run(["upper", "10"], stdin=b"x" * 100),
-                                    ssh.RemoteCommandFailed)
+        server = self.start_server()
+        e = self.assert_fails(server.run(["upper", "10"], stdin=b"x" * 100),
+                              ssh.RemoteCommandFailed)
         self.assertEqual(e.status, 1)
         self.assertIn("stdin is larger than 10 bytes", e.result.stderr_text)
         self.flushLoggedErrors(ssh.StdinTooLarge)
 
-    async def test_concurrent_connections(self):
+    def test_concurrent_connections(self):
         """Twenty connections, each running commands at the same time."""
-        server = await self.start_server()
+        server = self.start_server()
 
         async def one(n):
             connection = await server.connect()
             results = await gatherResults([
-                Deferred.fromCoroutine(_await(connection.run(["echo", str(n), str(i)])))
-                for i in range(3)])
+                connection.run(["echo", str(n), str(i)]) for i in range(3)])
             await connection.close()
             return [json.loads(r.stdout)["args"] for r in results]
-        outputs = await gatherResults([Deferred.fromCoroutine(one(n)) for n in range(20)])
+        outputs = self.net.run(gatherResults(
+            [Deferred.fromCoroutine(one(n)) for n in range(20)]))
         self.assertEqual(outputs, [[[str(n), str(i)] for i in range(3)]
                                    for n in range(20)])
         self.assertEqual(len(server.log.calls), 60)
+        # Every connection was closed after use.
+        self.assertEqual(self.net.connections, [])
 
-    async def test_connection_reuse(self):
+    def test_connection_reuse(self):
         """One connection runs several commands in turn."""
-        server = await self.start_server()
-        connection = await server.connect()
-        first = await connection.run(["version"])
-        second = await connection.run(["echo", "x"])
-        await self.assert_fails(connection.run(["exit", "4"]), ssh.RemoteCommandFailed)
-        third = await connection.run(["version"])
+        server = self.start_server()
+        connection = self.net.run(server.connect())
+        first = self.net.run(connection.run(["version"]))
+        second = self.net.run(connection.run(["echo", "x"]))
+        self.assert_fails(connection.run(["exit", "4"]), ssh.RemoteCommandFailed)
+        third = self.net.run(connection.run(["version"]))
         self.assertEqual((first.stdout, json.loads(second.stdout)["args"], third.stdout),
                          (VERSION, ["x"], VERSION))
-        await connection.close()
-        e = await self.assert_fails(connection.run(["version"]), ssh.SSHError)
+        self.net.run(connection.close())
+        e = self.assert_fails(connection.run(["version"]), ssh.SSHError)
         self.assertIn("closed", str(e))
 
+    def test_peer_address(self):
+        """The session sees the client's address: the node it connects from."""
+        server = self.start_server()
+        client = ssh.SSHClient(self.net.host("10.0.0.7"), server.operator_key,
+                               server.known_hosts)
+        self.net.run(client.run(server.host, server.port, ["version"]))
+        peer = server.log.sessions[0].peer.address
+        self.assertEqual((peer.type, peer.host), ("TCP", "10.0.0.7"))
 
-async def _await(d):
-    return await d
+    def test_command_duration_on_the_injected_clock(self):
+        """The "exited" log line measures the command on the server's reactor."""
+        server = self.start_server()
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        connection = self.net.run(server.connect())
+        running = connection.run(["hang"])
+        session = self.net.run(server.log.wait_started("hang"))
+        self.net.advance(7)
+        session.exit(0)
+        self.net.run(running)
+        [exited] = [event for event in events if event.get("log_format", "")
+                    .startswith("ssh command {command} exited")]
+        self.assertEqual((exited["command"], exited["status"], exited["seconds"]),
+                         ("hang", 0, 7))
 
 
 class RawSession(SSHChannel):
@@ -418,80 +461,81 @@ class RawSession(SSHChannel):
 class RefusalTests(SSHTestCase):
     """Everything but exec of a known command is refused."""
 
-    async def assert_request_refused(self, kind, data=b""):
-        server = await self.start_server()
-        channel = await RawSession.open(self, server)
-        await self.assert_fails(channel.request(kind, data), ConchError)
+    def assert_request_refused(self, kind, data=b""):
+        server = self.start_server()
+        channel = self.net.run(RawSession.open(self, server))
+        self.assert_fails(channel.request(kind, data), ConchError)
         # The session still works afterwards: refusal is per request.
-        status, _ = await channel.exec(b"version")
+        status, _ = self.net.run(channel.exec(b"version"))
         self.assertEqual((status, channel.stdout), (0, VERSION))
         return server
 
-    async def test_shell(self):
-        await self.assert_request_refused(b"shell")
+    def test_shell(self):
+        self.assert_request_refused(b"shell")
 
-    async def test_pty(self):
-        await self.assert_request_refused(
+    def test_pty(self):
+        self.assert_request_refused(
             b"pty-req", NS(b"xterm") + struct.pack(">4L", 80, 24, 0, 0) + NS(b""))
 
-    async def test_env(self):
-        await self.assert_request_refused(b"env", NS(b"LD_PRELOAD") + NS(b"/tmp/x.so"))
+    def test_env(self):
+        self.assert_request_refused(b"env", NS(b"LD_PRELOAD") + NS(b"/tmp/x.so"))
 
-    async def test_subsystem(self):
-        await self.assert_request_refused(b"subsystem", NS(b"sftp"))
+    def test_subsystem(self):
+        self.assert_request_refused(b"subsystem", NS(b"sftp"))
 
-    async def test_x11_and_agent(self):
-        server = await self.assert_request_refused(b"auth-agent-req@openssh.com")
-        channel = await RawSession.open(self, server)
-        await self.assert_fails(channel.request(
+    def test_x11_and_agent(self):
+        server = self.assert_request_refused(b"auth-agent-req@openssh.com")
+        channel = self.net.run(RawSession.open(self, server))
+        self.assert_fails(channel.request(
             b"x11-req", b"\x00" + NS(b"MIT-MAGIC-COOKIE-1") + NS(b"00") + b"\0\0\0\0"),
             ConchError)
 
-    async def test_second_exec(self):
+    def test_second_exec(self):
         """A session runs one command; a second exec is refused."""
-        server = await self.start_server()
-        channel = await RawSession.open(self, server)
-        await channel.request(b"exec", NS(b"hang"))
-        await self.assert_fails(channel.request(b"exec", NS(b"version")), ConchError)
+        server = self.start_server()
+        channel = self.net.run(RawSession.open(self, server))
+        self.net.run(channel.request(b"exec", NS(b"hang")))
+        self.assert_fails(channel.request(b"exec", NS(b"version")), ConchError)
         self.assertEqual([name for name, _, _ in server.log.calls], ["hang"])
 
-    async def forwarding_target(self):
+    def forwarding_target(self, port=5555):
         """A listener that records any connection the server might make to it."""
         accepted = []
 
         class Recorder(Protocol):
             def connectionMade(self):
                 accepted.append(self)
-        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Recorder))
-        self.addCleanup(listening.stopListening)
-        return listening.getHost().port, accepted
+        self.net.listen("127.0.0.1", port, Factory.forProtocol(Recorder))
+        return port, accepted
 
-    async def test_direct_tcpip(self):
+    def test_direct_tcpip(self):
         """Local forwarding (-L): the channel open is prohibited, nothing connects."""
-        server = await self.start_server()
-        port, accepted = await self.forwarding_target()
+        server = self.start_server()
+        port, accepted = self.forwarding_target()
         extra = NS(b"127.0.0.1") + struct.pack(">L", port) + NS(b"127.0.0.1") + \
             struct.pack(">L", 5555)
-        e = await self.assert_fails(
+        e = self.assert_fails(
             RawSession.open(self, server, name=b"direct-tcpip", extra=extra), ConchError)
         self.assertEqual(e.data, conch_connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
-        await deferLater(reactor, 0.05, lambda: None)
+        self.net.wait(1)
         self.assertEqual(accepted, [])
+        self.assertEqual([server_address.port for _, server_address
+                          in self.net.connections], [server.port])
 
-    async def test_tcpip_forward(self):
+    def test_tcpip_forward(self):
         """Remote forwarding (-R): the global request is refused, nothing listens."""
-        server = await self.start_server()
-        connection = await server.connect()
+        server = self.start_server()
+        connection = self.net.run(server.connect())
         d = connection._conn.sendGlobalRequest(
             b"tcpip-forward", NS(b"127.0.0.1") + struct.pack(">L", 0), wantReply=True)
-        await self.assert_fails(d, ConchError)
-        result = await connection.run(["version"])
+        self.assert_fails(d, ConchError)
+        result = self.net.run(connection.run(["version"]))
         self.assertEqual(result.stdout, VERSION)
+        self.assertEqual(self.net.listeners, [(server.host, server.port)])
 
-    async def test_unknown_channel_type(self):
-        server = await self.start_server()
-        e = await self.assert_fails(
+    def test_unknown_channel_type(self):
+        server = self.start_server()
+        e = self.assert_fails(
             RawSession.open(self, server, name=b"bogus@example.com"), ConchError)
         self.assertEqual(e.data, conch_connection.OPEN_UNKNOWN_CHANNEL_TYPE)
 
@@ -514,68 +558,92 @@ class PasswordOnlyAuth(_client._UserAuth):
         return None
 
 
+class SilentAuth(_client._UserAuth):
+    """Starts authentication and then never tries a method."""
+
+    def serviceStarted(self):
+        pass
+
+
 class AuthenticationTests(SSHTestCase):
-    async def test_unknown_key(self):
+    def test_unknown_key(self):
         """A key the authorizer does not know is refused; the error names our key."""
-        server = await self.start_server()
-        e = await self.assert_fails(server.run(["version"], key=server.stranger_key),
-                                    ssh.AuthenticationRefused)
+        server = self.start_server()
+        e = self.assert_fails(server.run(["version"], key=server.stranger_key),
+                              ssh.AuthenticationRefused)
         self.assertIn(ssh.fingerprint(server.stranger_key), str(e))
         self.assertEqual(server.log.calls, [])
 
-    async def test_peer_keys_change_at_run_time(self):
+    def test_peer_keys_change_at_run_time(self):
         """A key becomes a peer when the authorizer is told, and stops being one."""
-        server = await self.start_server()
+        server = self.start_server()
         server.authorizer.set_keys(PEER, [server.stranger_key])
-        result = await server.run(["version"], key=server.stranger_key)
+        result = self.net.run(server.run(["version"], key=server.stranger_key))
         self.assertEqual(result.stdout, VERSION)
-        await self.assert_fails(server.run(["version"], key=server.peer_key),
-                                ssh.AuthenticationRefused)
+        self.assert_fails(server.run(["version"], key=server.peer_key),
+                          ssh.AuthenticationRefused)
 
-    async def test_failing_authorizer_refuses(self):
+    def test_failing_authorizer_refuses(self):
         """An authorizer that raises refuses the key (and the error is logged)."""
-        server = await self.start_server()
+        server = self.start_server()
 
         def broken(key):
             raise RuntimeError("keys file unreadable")
         checker = server.factory.portal.checkers[ISSHPrivateKey]
         checker._authorizer = broken
-        await self.assert_fails(server.run(["version"]), ssh.AuthenticationRefused)
+        self.assert_fails(server.run(["version"]), ssh.AuthenticationRefused)
         self.assertTrue(self.flushLoggedErrors(RuntimeError))
 
-    async def test_password_refused(self):
+    def connect_with(self, server, userauth_class):
+        """A client transport connected to ``server``, authenticating with
+        ``userauth_class``."""
+        class Transport(_client._ClientTransport):
+            pass
+        Transport.userauth_class = userauth_class
+        factory = _client._ClientFactory(server.client()._settings, server.host,
+                                         server.port)
+        factory.transport_class = Transport
+        return self.net.run(TCP4ClientEndpoint(self.net, server.host, server.port)
+                            .connect(factory))
+
+    def test_password_refused(self):
         """
         The server offers publickey only; password and keyboard-interactive
         attempts fail and the client ends up refused.
         """
-        server = await self.start_server()
-        client = server.client()
-        settings = client._settings
+        server = self.start_server()
         PasswordOnlyAuth.offered = []
-
-        class Transport(_client._ClientTransport):
-            userauth_class = PasswordOnlyAuth
-
-        factory = _client._ClientFactory(settings, "127.0.0.1", server.port)
-        factory.transport_class = Transport
-        transport = await TCP4ClientEndpoint(reactor, "127.0.0.1", server.port).connect(
-            factory)
-        await self.assert_fails(transport.ready, ssh.AuthenticationRefused)
+        transport = self.connect_with(server, PasswordOnlyAuth)
+        self.assert_fails(transport.ready, ssh.AuthenticationRefused)
         self.assertTrue(PasswordOnlyAuth.offered)
         for packet in PasswordOnlyAuth.offered:
             self.assertEqual(packet, NS(b"publickey") + b"\x00")
         self.assertEqual(server.log.calls, [])
 
+    def test_login_timeout_on_the_injected_clock(self):
+        """
+        A client that never authenticates is disconnected after the login
+        timeout, counted on the server's reactor.
+        """
+        server = self.start_server()
+        transport = self.connect_with(server, SilentAuth)
+        self.net.wait(_server._UserAuthServer.loginTimeout - 1)
+        self.assertNoResult(transport.ready)
+        self.assertEqual(len(self.net.connections), 1)
+        self.net.wait(1)
+        self.assert_fails(transport.ready, ssh.AuthenticationRefused)
+        self.assertEqual(self.net.connections, [])
+
 
 class HostKeyTests(SSHTestCase):
-    async def test_unknown_host_key(self):
+    def test_unknown_host_key(self):
         """
         A host missing from known_hosts is refused; the error shows the
         fingerprint and the exact line that, once added, makes it work.
         """
-        server = await self.start_server()
+        server = self.start_server()
         os.remove(server.known_hosts)
-        e = await self.assert_fails(server.run(["version"]), ssh.UnknownHostKey)
+        e = self.assert_fails(server.run(["version"]), ssh.UnknownHostKey)
         self.assertEqual(e.fingerprint, ssh.fingerprint(server.host_key))
         self.assertIn(e.fingerprint, str(e))
         self.assertIn(e.line, str(e))
@@ -584,17 +652,17 @@ class HostKeyTests(SSHTestCase):
         self.assertFalse(os.path.exists(server.known_hosts), "never trusted silently")
         with open(server.known_hosts, "w") as f:
             f.write(e.line + "\n")
-        result = await server.run(["version"])
+        result = self.net.run(server.run(["version"]))
         self.assertEqual(result.stdout, VERSION)
 
-    async def test_changed_host_key(self):
+    def test_changed_host_key(self):
         """A host whose key differs from known_hosts is refused, naming the line."""
-        server = await self.start_server()
+        server = self.start_server()
         impostor = ssh.generate_key()
         with open(server.known_hosts, "w") as f:
             f.write("# trusted nodes\n" + ssh.known_hosts_line("127.0.0.1", server.port,
                                                               impostor) + "\n")
-        e = await self.assert_fails(server.run(["version"]), ssh.HostKeyMismatch)
+        e = self.assert_fails(server.run(["version"]), ssh.HostKeyMismatch)
         self.assertEqual(e.lines, (2,))
         self.assertIn("HOST KEY CHANGED", str(e))
         self.assertIn(ssh.fingerprint(server.host_key), str(e))
@@ -613,26 +681,28 @@ class StreamingTests(SSHTestCase):
     max_packet = 16 * 1024
     total = 3 * 1024 * 1024
 
-    async def test_stdin_backpressure(self):
+    def in_flight_limit(self, producer):
+        return self.window_size + producer.chunk + self.max_packet
+
+    def test_stdin_backpressure(self):
         """
         A slow consumer of stdin on the server holds back the client's
         producer; the server buffers at most one window.
         """
-        server = await self.start_server()
-        producer = None
+        server = self.start_server()
+        producer = ZeroProducer(self.total)
         excess = []
 
         def check():
             consumer = server.log.consumers[0]
             in_flight = producer.sent - consumer.received
-            if in_flight > self.window_size + producer.chunk + self.max_packet:
+            if in_flight > self.in_flight_limit(producer):
                 excess.append(in_flight)
-        # Slower than loopback by far, so an unbounded window would show.
+        # Much slower than the network, so an unbounded window would show.
         server.log.stdin_consumer_factory = lambda: SlowConsumer(
-            check=check, resume_delay=0.002)
-        producer = ZeroProducer(self.total)
-        connection = await server.connect(key=server.peer_key)
-        result = await connection.run(["receive", "vol"], stdin_producer=producer)
+            clock=self.net, check=check, resume_delay=0.002)
+        connection = self.net.run(server.connect(key=server.peer_key))
+        result = self.net.run(connection.run(["receive", "vol"], stdin_producer=producer))
         self.assertEqual(result.stdout, b"%d\n" % (self.total,))
         consumer = server.log.consumers[0]
         self.assertEqual((consumer.received, consumer.offset_errors), (self.total, 0))
@@ -642,63 +712,65 @@ class StreamingTests(SSHTestCase):
         session = server.log.sessions[0]
         self.assertLessEqual(session.stdin_max_buffered, self.window_size)
 
-    async def test_stdin_stalled_consumer(self):
+    def test_stdin_stalled_consumer(self):
         """
         A consumer that stops taking bytes stops the client: the sender
-        sends one window and waits, without the idle timeout firing.
+        sends one window and waits, and sends nothing more while it waits.
         """
-        server = await self.start_server()
-        server.log.stdin_consumer_factory = lambda: SlowConsumer(auto_resume=False)
+        server = self.start_server()
+        server.log.stdin_consumer_factory = lambda: SlowConsumer(
+            clock=self.net, auto_resume=False)
         producer = ZeroProducer(self.total)
-        connection = await server.connect(key=server.peer_key)
+        connection = self.net.run(server.connect(key=server.peer_key))
         running = connection.run(["receive", "vol"], stdin_producer=producer)
-        await deferLater(reactor, 0.3, lambda: None)
+        self.net.pump()
         consumer = server.log.consumers[0]
         self.assertTrue(producer.paused)
         self.assertLessEqual(producer.sent - consumer.received,
-                             self.window_size + producer.chunk + self.max_packet)
+                             self.in_flight_limit(producer))
         self.assertLessEqual(server.log.sessions[0].stdin_buffered, self.window_size)
         sent = producer.sent
-        await deferLater(reactor, 0.1, lambda: None)
+        self.net.wait(60)
         self.assertEqual(producer.sent, sent)
+        self.assertNoResult(running)
         consumer.auto_resume = True
         consumer.resume()
-        result = await running
+        result = self.net.run(running)
         self.assertEqual(result.stdout, b"%d\n" % (self.total,))
 
-    async def test_server_closes_while_stdin_waits(self):
+    def test_server_closes_while_stdin_waits(self):
         """
         The server ends the command without reading stdin (a receive that
         failed) while the client holds more than a window of it: the run
         fails at once with the command's status and the producer is
         stopped, rather than waiting for a window that never opens.
         """
-        server = await self.start_server()
+        server = self.start_server()
         producer = ZeroProducer(self.total)
-        connection = await server.connect(key=server.peer_key, idle_timeout=60)
+        connection = self.net.run(server.connect(key=server.peer_key, idle_timeout=60))
         running = connection.run(["exit", "3"], stdin_producer=producer)
-        running.addTimeout(10, reactor)
-        e = await self.assert_fails(running, ssh.RemoteCommandFailed)
+        e = self.assert_fails(running, ssh.RemoteCommandFailed, limit=10)
         self.assertEqual(e.status, 3)
         self.assertTrue(producer.stopped)
         self.assertLess(producer.sent, self.total)
 
-    async def test_stdout_backpressure(self):
+    def test_stdout_backpressure(self):
         """
         A slow stdout consumer on the client pauses the server's producer;
         the server's channel buffer stays at one write.
         """
-        server = await self.start_server()
-        consumer = SlowConsumer(resume_delay=0.002)
+        server = self.start_server()
+        consumer = SlowConsumer(clock=self.net, resume_delay=0.002)
         excess = []
 
         def check():
             producer = server.log.producers[0]
             in_flight = producer.sent - consumer.received
-            if in_flight > self.window_size + producer.chunk + self.max_packet:
+            if in_flight > self.in_flight_limit(producer):
                 excess.append(in_flight)
         server.log.stdout_check = check
-        result = await server.run(["produce", str(self.total)], stdout_consumer=consumer)
+        result = self.net.run(server.run(["produce", str(self.total)],
+                                         stdout_consumer=consumer))
         self.assertIsNone(result.stdout)
         self.assertEqual((consumer.received, consumer.offset_errors), (self.total, 0))
         producer = server.log.producers[0]
@@ -708,40 +780,39 @@ class StreamingTests(SSHTestCase):
         self.assertGreater(session.stdout_pauses, 10)
         self.assertLessEqual(session.stdout_max_buffered, producer.chunk)
 
-    async def test_stdout_stalled_consumer_is_not_idle(self):
+    def test_stdout_stalled_consumer_is_not_idle(self):
         """
         While our consumer holds the stream paused, silence is not idleness:
         the idle timeout does not fire, and the stream completes on resume.
         """
-        server = await self.start_server()
-        clock = Clock()
-        consumer = SlowConsumer(auto_resume=False)
-        connection = await server.connect(idle_timeout=5, clock=clock)
+        server = self.start_server()
+        consumer = SlowConsumer(clock=self.net, auto_resume=False)
+        connection = self.net.run(server.connect(idle_timeout=5))
         running = connection.run(["produce", str(self.total)], stdout_consumer=consumer)
-        await deferLater(reactor, 0.2, lambda: None)
+        self.net.pump()
         producer = server.log.producers[0]
         self.assertTrue(producer.paused)
         self.assertLessEqual(producer.sent - consumer.received,
-                             self.window_size + producer.chunk + self.max_packet)
-        clock.advance(60)
+                             self.in_flight_limit(producer))
+        self.net.wait(60)
         self.assertNoResult(running)
         consumer.auto_resume = True
         consumer.resume()
-        await running
+        self.net.run(running)
         self.assertEqual(consumer.received, self.total)
 
-    async def test_stdout_collected(self):
+    def test_stdout_collected(self):
         """Without a consumer, stdout is collected in full, or refused if too big."""
-        server = await self.start_server()
-        result = await server.run(["produce", "1000000"])
+        server = self.start_server()
+        result = self.net.run(server.run(["produce", "1000000"]))
         self.assertEqual(len(result.stdout), 1000000)
-        await self.assert_fails(
+        self.assert_fails(
             server.run(["produce", "1000000"], client_kwargs={"max_output": 1000}),
             ssh.OutputTooLarge)
 
 
 class TimeoutTests(SSHTestCase):
-    async def test_connect_timeout(self):
+    def test_connect_timeout(self):
         """A server that accepts TCP but never speaks SSH times out; TCP is closed."""
         lost = Deferred()
         connected = Deferred()
@@ -752,97 +823,291 @@ class TimeoutTests(SSHTestCase):
 
             def connectionLost(self, reason):
                 lost.callback(None)
-        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Silent))
-        self.addCleanup(listening.stopListening)
-        clock = Clock()
-        client = ssh.SSHClient(reactor, ssh.generate_key(), self.mktemp(),
-                               connect_timeout=5, clock=clock)
-        d = client.connect("127.0.0.1", listening.getHost().port)
-        await connected
-        clock.advance(4)
+        self.net.listen("127.0.0.1", 2222, Factory.forProtocol(Silent))
+        client = ssh.SSHClient(self.net, ssh.generate_key(), self.mktemp(),
+                               connect_timeout=5)
+        d = client.connect("127.0.0.1", 2222)
+        self.net.pump()
+        self.successResultOf(connected)
+        self.net.wait(4)
         self.assertNoResult(d)
-        clock.advance(1)
-        e = await self.assert_fails(d, ssh.SSHTimeout)
+        self.net.wait(1)
+        e = self.failureResultOf(d, ssh.SSHTimeout).value
         self.assertEqual((e.phase, e.seconds), ("connect", 5))
         self.assertIn("timed out after 5s connecting", str(e))
-        await lost
+        self.net.pump()
+        self.successResultOf(lost)
 
-    async def test_connection_refused(self):
+    def test_connection_refused(self):
         """Nothing listening: ConnectFailed naming the host and port."""
-        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Protocol))
-        port = listening.getHost().port
-        await listening.stopListening()
-        client = ssh.SSHClient(reactor, ssh.generate_key(), self.mktemp())
-        e = await self.assert_fails(client.connect("127.0.0.1", port), ssh.ConnectFailed)
-        self.assertIn("127.0.0.1:%d" % (port,), str(e))
+        client = ssh.SSHClient(self.net, ssh.generate_key(), self.mktemp())
+        e = self.assert_fails(client.connect("127.0.0.1", 2222), ssh.ConnectFailed)
+        self.assertIn("127.0.0.1:2222", str(e))
+        self.assertIn("refused", str(e))
 
-    async def test_idle_timeout(self):
+    def test_idle_timeout(self):
         """
         A command that goes silent is abandoned after the idle timeout, and
         the server's command is cancelled when the channel closes.
         """
-        server = await self.start_server()
-        clock = Clock()
-        connection = await server.connect(idle_timeout=10, clock=clock)
+        server = self.start_server()
+        connection = self.net.run(server.connect(idle_timeout=10))
         running = connection.run(["hang"])
-        await server.log.wait_started("hang")
-        clock.advance(9)
+        self.net.pump()
+        self.successResultOf(server.log.wait_started("hang"))
+        self.net.wait(9)
         self.assertNoResult(running)
-        clock.advance(1)
-        e = await self.assert_fails(running, ssh.SSHTimeout)
+        self.net.wait(1)
+        e = self.failureResultOf(running, ssh.SSHTimeout).value
         self.assertEqual(e.phase, "idle")
         self.assertIn("`hang`", str(e))
-        for _ in range(50):
-            if server.log.cancelled:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        self.net.pump()
         self.assertEqual(server.log.cancelled, ["hang"])
 
-    async def test_activity_defers_idle_timeout(self):
+    def test_activity_defers_idle_timeout(self):
         """Traffic resets the idle clock; only silence counts."""
-        server = await self.start_server()
-        clock = Clock()
-        connection = await server.connect(idle_timeout=10, clock=clock)
+        server = self.start_server()
+        connection = self.net.run(server.connect(idle_timeout=10))
         running = connection.run(["hang"])
-        session = await server.log.wait_started("hang")
+        session = self.net.run(server.log.wait_started("hang"))
         for _ in range(3):
-            clock.advance(6)
+            self.net.wait(6)
             session.write(b"tick\n")
-            await deferLater(reactor, 0.05, lambda: None)
+            self.net.pump()
         self.assertNoResult(running)
         session.exit(0)
-        result = await running
+        result = self.net.run(running)
         self.assertEqual(result.stdout, b"tick\n" * 3)
 
-    async def test_cancel(self):
+    def test_cancel(self):
         """Cancelling a running command closes its channel; the server cancels it."""
-        server = await self.start_server()
-        connection = await server.connect()
+        server = self.start_server()
+        connection = self.net.run(server.connect())
         running = connection.run(["hang"])
-        await server.log.wait_started("hang")
+        self.net.run(server.log.wait_started("hang"))
         running.cancel()
-        await self.assert_fails(running, CancelledError)
-        for _ in range(50):
-            if server.log.cancelled:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        self.failureResultOf(running, CancelledError)
+        self.net.pump()
         self.assertEqual(server.log.cancelled, ["hang"])
-        result = await connection.run(["version"])
+        result = self.net.run(connection.run(["version"]))
         self.assertEqual(result.stdout, VERSION)
 
-    async def test_server_goes_away(self):
+    def test_server_goes_away(self):
         """A connection lost mid-command fails it, with the host named."""
-        server = await self.start_server()
-        connection = await server.connect()
+        server = self.start_server()
+        connection = self.net.run(server.connect())
         running = connection.run(["hang"])
-        session = await server.log.wait_started("hang")
+        session = self.net.run(server.log.wait_started("hang"))
         session.write_stderr("partial progress\n")
-        await deferLater(reactor, 0.05, lambda: None)
+        self.net.pump()
         session._channel.conn.transport.transport.abortConnection()
-        e = await self.assert_fails(running, ssh.RemoteCommandFailed)
+        e = self.assert_fails(running, ssh.RemoteCommandFailed)
         self.assertIsNone(e.status)
         self.assertIn("closed before the command finished", str(e))
         self.assertIn("partial progress", str(e))
+        self.assertIn("127.0.0.1:%d" % (server.port,), str(e))
 
+    def test_node_cut_off(self):
+        """A node whose connections drop mid-command (it went away): the run
+        fails at once, and the server's command is cancelled."""
+        server = self.start_server()
+        connection = self.net.run(server.connect())
+        running = connection.run(["hang"])
+        self.net.run(server.log.wait_started("hang"))
+        self.net.cut(server.host)
+        e = self.failureResultOf(running, ssh.RemoteCommandFailed).value
+        self.assertIn("closed before the command finished", str(e))
+        self.assertEqual(server.log.cancelled, ["hang"])
+        self.assertFalse(connection.connected)
+
+    def test_node_stops_answering(self):
+        """
+        A node that stops answering mid-command (powered off, partitioned)
+        is given up on after the idle timeout; a new connection to it times
+        out.
+        """
+        server = self.start_server()
+        connection = self.net.run(server.connect(idle_timeout=30, connect_timeout=10))
+        running = connection.run(["hang"])
+        session = self.net.run(server.log.wait_started("hang"))
+        self.net.stall(server.host)
+        session.write(b"never arrives\n")
+        self.net.wait(29)
+        self.assertNoResult(running)
+        self.net.wait(1)
+        e = self.failureResultOf(running, ssh.SSHTimeout).value
+        self.assertEqual(e.phase, "idle")
+        started = self.net.seconds()
+        e = self.assert_fails(server.connect(connect_timeout=10), ssh.SSHError)
+        self.assertEqual(self.net.seconds(), started + 10)
+        self.assertIn("127.0.0.1:%d" % (server.port,), str(e))
+
+
+class MemoryTCPNetworkTests(SynchronousTestCase):
+    """The in-memory network the SSH tests (and the node tests) run on."""
+
+    def setUp(self):
+        forbid_global_reactor(self)
+        self.net = MemoryTCPNetwork()
+
+    def echo_server(self, host="10.0.0.1", port=7):
+        received = []
+
+        class Echo(Protocol):
+            def dataReceived(self, data):
+                received.append(data)
+                self.transport.write(data)
+        self.net.listen(host, port, Factory.forProtocol(Echo))
+        return received
+
+    def connect(self, host="10.0.0.1", port=7, reactor=None):
+        return TCP4ClientEndpoint(reactor or self.net, host, port, timeout=5).connect(
+            Factory.forProtocol(Collect))
+
+    def test_provides_reactor_interfaces(self):
+        """The network and a node's view of it are reactors for library code."""
+        for reactor in (self.net, self.net.host("10.0.0.2")):
+            for interface in (IReactorTime, IReactorTCP,
+                              IReactorPluggableNameResolver):
+                self.assertTrue(interface.providedBy(reactor), interface)
+        verifyObject(IReactorTime, self.net)
+        verifyObject(IReactorTCP, self.net)
+
+    def test_bytes_move_when_pumped(self):
+        """A connection completes on the next turn; bytes move on pump."""
+        received = self.echo_server()
+        d = self.connect()
+        self.assertNoResult(d)
+        self.net.pump()
+        client = self.successResultOf(d)
+        client.transport.write(b"ping")
+        self.assertEqual(received, [])
+        self.net.pump()
+        self.assertEqual((received, client.data), ([b"ping"], [b"ping"]))
+        self.assertEqual(client.transport.getPeer(), IPv4Address("TCP", "10.0.0.1", 7))
+
+    def test_refused_and_names(self):
+        """No listener: refused; names resolve through add_name, else fail."""
+        self.echo_server()
+        self.failureResultOf_run(self.connect(port=8), ConnectionRefusedError)
+        self.net.add_name("node1", "10.0.0.1")
+        self.assertEqual(self.successResultOf(self.net.resolve("node1")), "10.0.0.1")
+        self.failureResultOf(self.net.resolve("nowhere"), DNSLookupError)
+        client = self.net.run(HostnameEndpoint(self.net, "node1", 7).connect(
+            Factory.forProtocol(Collect)))
+        self.assertEqual(client.transport.getPeer().host, "10.0.0.1")
+
+    def failureResultOf_run(self, d, exception_type):
+        self.assertRaises(exception_type, self.net.run, d)
+
+    def test_host_view(self):
+        """A node's reactor connects from its address and listens on it."""
+        node = self.net.host("10.0.0.2")
+        node.listenTCP(7, Factory.forProtocol(Collect))
+        self.assertIn(("10.0.0.2", 7), self.net.listeners)
+        self.echo_server()
+        client = self.net.run(self.connect(reactor=node))
+        self.assertEqual(client.transport.getHost().host, "10.0.0.2")
+        call = node.callLater(3, lambda: None)
+        self.assertEqual(self.net.getDelayedCalls(), [call])
+
+    def test_stall_and_heal(self):
+        """A stalled host holds bytes and connection attempts; heal releases them."""
+        received = self.echo_server()
+        client = self.net.run(self.connect())
+        self.net.stall("10.0.0.1")
+        client.transport.write(b"held")
+        pending = self.connect()
+        self.net.wait(4)
+        self.assertEqual(received, [])
+        self.assertNoResult(pending)
+        self.net.heal("10.0.0.1")
+        self.net.pump()
+        self.assertEqual(received, [b"held"])
+        self.successResultOf(pending)
+        self.net.stall("10.0.0.1")
+        timing_out = self.connect()
+        self.net.wait(5)
+        self.failureResultOf(timing_out, TimeoutError)
+
+    def test_cut(self):
+        """A cut host's connections are lost at both ends; it still accepts."""
+        server_lost = []
+
+        class Server(Protocol):
+            def connectionLost(self, reason):
+                server_lost.append(reason.type)
+        self.net.listen("10.0.0.1", 7, Factory.forProtocol(Server))
+        client = self.net.run(self.connect())
+        self.net.cut("10.0.0.1")
+        self.assertEqual((client.lost, server_lost), ([ConnectionLost], [ConnectionLost]))
+        self.assertEqual(self.net.connections, [])
+        self.net.run(self.connect())
+
+    def test_close_and_abort(self):
+        """loseConnection delivers what was written first; abort drops it."""
+        received = self.echo_server()
+        client = self.net.run(self.connect())
+        client.transport.write(b"last words")
+        client.transport.loseConnection()
+        self.net.pump()
+        self.assertEqual((received, client.lost), ([b"last words"], [ConnectionDone]))
+        client = self.net.run(self.connect())
+        client.transport.write(b"dropped")
+        client.transport.abortConnection()
+        self.net.pump()
+        self.assertEqual((received, client.lost),
+                         ([b"last words"], [ConnectionAborted]))
+
+    def test_pull_producer(self):
+        """A pull producer on a transport is asked for more at each turn."""
+        received = self.echo_server()
+        client = self.net.run(self.connect())
+        chunks = [b"one", b"two", b"three"]
+
+        class Chunks:
+            def resumeProducing(self):
+                if chunks:
+                    client.transport.write(chunks.pop(0))
+                else:
+                    client.transport.unregisterProducer()
+
+            def stopProducing(self):
+                pass
+        client.transport.registerProducer(Chunks(), False)
+        self.net.pump()
+        self.assertEqual(b"".join(received), b"onetwothree")
+
+    def test_run_gives_up(self):
+        """run fails, rather than loops, on a Deferred that never fires."""
+        cancelled = []
+        never = Deferred(lambda d: cancelled.append(True))
+        e = self.assertRaises(NetworkHung, self.net.run, never)
+        self.assertIn("nothing is scheduled", str(e))
+        ticking = LoopingCall(lambda: None)
+        ticking.clock = self.net
+        ticking.start(1)
+        self.addCleanup(ticking.stop)
+        e = self.assertRaises(NetworkHung, self.net.run, Deferred(), limit=30)
+        self.assertIn("after 30 s of simulated time", str(e))
+        self.assertEqual((cancelled, self.net.seconds()), ([True], 30))
+
+    def test_run_follows_the_clock(self):
+        """run advances the clock only as far as the next scheduled call."""
+        woken = sleep(self.net, 42).addCallback(lambda _: "done")
+        self.assertEqual(self.net.run(woken), "done")
+        self.assertEqual(self.net.seconds(), 42)
+
+
+class Collect(Protocol):
+    """A client protocol that keeps what it receives and how it was lost."""
+
+    def __init__(self):
+        self.data = []
+        self.lost = []
+
+    def dataReceived(self, data):
+        self.data.append(data)
+
+    def connectionLost(self, reason):
+        self.lost.append(reason.type)
