@@ -20,7 +20,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 __all__ = ["MAX_DOCUMENT_BYTES", "MAX_NODES", "MAX_DEPTH", "YAMLProblem",
-           "load_yaml"]
+           "format_path", "load_yaml"]
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_NODES = 100_000
@@ -88,8 +88,8 @@ class _Builder:
             if node.tag != _MAP_TAG:
                 raise YAMLProblem(_where(node),
                                   "unsupported YAML tag %s" % (node.tag,))
-            result = {}
-            result_lines = {}
+            result: dict = {}
+            result_lines: dict = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, ScalarNode):
                     raise YAMLProblem(

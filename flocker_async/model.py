@@ -79,14 +79,38 @@ class Link:
     alias: str = field(validator=validators.instance_of(str))
 
 
+# Seconds between pushes of a volume to its standbys, unless the volume says.
+DEFAULT_REPLICATION_INTERVAL = 60.0
+
+
+def _optional_seconds(value):
+    """Whole seconds given as an int are stored as a float, so values compare."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 @frozen
 class AttachedVolume:
-    """The application's data volume: where it is mounted, its size limit."""
+    """
+    The application's data volume: where it is mounted, its size limit, and
+    how often it is pushed to its standbys (None: the default).
+    """
 
     mountpoint: str = field(validator=validators.instance_of(str))
     maximum_size: Optional[int] = field(
         default=None, validator=validators.optional(validators.instance_of(int))
     )
+    replication_interval: Optional[float] = field(
+        default=None, converter=_optional_seconds,
+        validator=validators.optional(validators.instance_of(float)),
+    )
+
+    @property
+    def effective_replication_interval(self) -> float:
+        if self.replication_interval is None:
+            return DEFAULT_REPLICATION_INTERVAL
+        return self.replication_interval
 
 
 @frozen
@@ -133,6 +157,11 @@ class Application:
         return dict(self.environment)
 
 
+def link_env_prefix(alias: str) -> str:
+    """The environment variable prefix Docker-style links use for ``alias``."""
+    return alias.upper().replace("-", "_")
+
+
 @frozen
 class Node:
     """A host, named by address or host name, and what should run on it."""
@@ -149,11 +178,39 @@ class Node:
         return None
 
 
+def _frozen_standby(value) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+    """A mapping (or pairs) of application name to node names, as sorted pairs;
+    an application with no standby node is left out, so both spellings compare
+    equal."""
+    if isinstance(value, Mapping):
+        value = value.items()
+    pairs = []
+    for name, nodes in value:
+        if isinstance(nodes, str):
+            raise TypeError("standby nodes of %s must be a sequence of node names, "
+                            "not a string" % (name,))
+        if nodes:
+            pairs.append((str(name), tuple(str(node) for node in nodes)))
+    if len(set(name for name, _ in pairs)) != len(pairs):
+        raise ValueError("an application is given standby nodes twice")
+    return tuple(sorted(pairs))
+
+
 @frozen
 class Deployment:
-    """The desired state of the whole cluster."""
+    """
+    The desired state of the whole cluster: what runs on each node, and which
+    other nodes keep a replica of each application's volume (``standby``,
+    application name to node names in the order given).
+    """
 
     nodes: FrozenSet[Node] = field(default=frozenset(), converter=frozenset)
+    standby: Tuple[Tuple[str, Tuple[str, ...]], ...] = field(
+        default=(), converter=_frozen_standby)
+
+    def standbys_of(self, application_name: str) -> Tuple[str, ...]:
+        """The nodes that keep a replica of the application's volume."""
+        return dict(self.standby).get(application_name, ())
 
     def node_named(self, hostname: str) -> Optional[Node]:
         for node in self.nodes:
@@ -191,13 +248,17 @@ class VolumeState:
     """
     A copy of an application's volume on a node.  ``owner`` is the node
     recorded as owner on this copy; the copy is the live one only when it
-    names its own node and is writable.
+    names its own node and is writable.  ``epoch`` is the ownership epoch
+    recorded with it: every handoff and take-over raises it, so of two
+    copies that both claim to be live, the one with the higher epoch is.
+    ``snapshots`` are its snapshot names, oldest first.
     """
 
     name: str
     owner: Optional[str]
     writable: bool
-    snapshots: Tuple[str, ...] = ()
+    snapshots: Tuple[str, ...] = field(default=(), converter=tuple)
+    epoch: int = 0
 
 
 @frozen
@@ -247,10 +308,13 @@ class ClusterState:
     def owner_of(self, volume_name: str) -> Optional[str]:
         """
         The node holding the live copy of a volume: the one whose copy names
-        itself as owner, preferring a writable copy (during a handoff the
-        source's read-only copy still names the source until ``acquire``).
+        itself as owner, preferring the highest ownership epoch (a node that
+        was taken over from and returns still claims its old copy), then a
+        writable copy (during a handoff the source's read-only copy still
+        names the source until ``acquire``).
         """
         claimants = sorted(
-            (not n.volume(volume_name).writable, n.hostname)
+            (-n.volume(volume_name).epoch, not n.volume(volume_name).writable,
+             n.hostname)
             for n in self.nodes if n.claims(volume_name))
-        return claimants[0][1] if claimants else None
+        return claimants[0][2] if claimants else None

@@ -13,22 +13,22 @@ import json
 import math
 import os
 import re
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from attrs import Factory, field, frozen
 from twisted.conch.ssh import keys
 
 from .._yaml import MAX_DOCUMENT_BYTES
-from ..config import (
+from ..validation import (
     ConfigurationError,
     Problem,
-    _describe,
-    _mapping,
-    _port,
-    _read,
-    _read_file,
-    _Report,
-    _string,
+    Report,
+    describe,
+    read_document,
+    read_file,
+    valid_mapping,
+    valid_port,
+    valid_string,
 )
 
 __all__ = [
@@ -104,7 +104,7 @@ class NodeConfiguration:
 def check_pool_name(value: Any) -> Optional[str]:
     """Why ``value`` is not a ZFS pool name we accept, or None if it is."""
     if not isinstance(value, str):
-        return "expected a ZFS pool name, got %s" % (_describe(value),)
+        return "expected a ZFS pool name, got %s" % (describe(value),)
     if not value:
         return "expected a ZFS pool name, got an empty string"
     if len(value) > MAX_POOL_NAME:
@@ -124,8 +124,8 @@ def check_pool_name(value: Any) -> Optional[str]:
     return None
 
 
-def _absolute_path(r: _Report, path, value: Any) -> Optional[str]:
-    text = _string(r, path, value, "an absolute path")
+def _absolute_path(r: Report, path, value: Any) -> Optional[str]:
+    text = valid_string(r, path, value, "an absolute path")
     if text is None:
         return None
     if not text.startswith("/"):
@@ -142,7 +142,7 @@ def _absolute_path(r: _Report, path, value: Any) -> Optional[str]:
     return "/" + "/".join(part for part in text.split("/") if part)
 
 
-def _directory(r: _Report, path, value: Any) -> Optional[str]:
+def _directory(r: Report, path, value: Any) -> Optional[str]:
     directory = _absolute_path(r, path, value)
     if directory == "/":
         r.error(path, "must be a directory of its own, not /")
@@ -150,7 +150,7 @@ def _directory(r: _Report, path, value: Any) -> Optional[str]:
     return directory
 
 
-def _mount_root(r: _Report, path, value: Any) -> Optional[str]:
+def _mount_root(r: Report, path, value: Any) -> Optional[str]:
     root = _directory(r, path, value)
     if root is None:
         return None
@@ -161,10 +161,10 @@ def _mount_root(r: _Report, path, value: Any) -> Optional[str]:
     return root
 
 
-def _ip_address(r: _Report, path, value: Any, what: str,
+def _ip_address(r: Report, path, value: Any, what: str,
                 allow_unspecified: bool, ipv4_only: bool = False) -> Optional[str]:
     if not isinstance(value, str):
-        r.error(path, "expected %s, got %s" % (what, _describe(value)))
+        r.error(path, "expected %s, got %s" % (what, describe(value)))
         return None
     try:
         address = ipaddress.ip_address(value.strip())
@@ -186,28 +186,28 @@ def _ip_address(r: _Report, path, value: Any, what: str,
     return str(address)
 
 
-def _interval(r: _Report, path, value: Any) -> Optional[float]:
+def _interval(r: Report, path, value: Any) -> Optional[float]:
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value)):
-        r.error(path, "expected a number of seconds, got %s" % (_describe(value),))
+        r.error(path, "expected a number of seconds, got %s" % (describe(value),))
         return None
     if value <= 0:
         r.error(path, "expected a positive number of seconds, got %s"
-                % (_describe(value),))
+                % (describe(value),))
         return None
     return float(value)
 
 
 # --- the file ---------------------------------------------------------------------
 
-def _parse(r: _Report, doc: Any) -> Optional[NodeConfiguration]:
+def _parse(r: Report, doc: Any) -> Optional[NodeConfiguration]:
     if not isinstance(doc, dict):
         r.error((), "expected a mapping with at least 'address', got %s"
-                % (_describe(doc),))
+                % (describe(doc),))
         return None
-    _mapping(r, (), doc, ("address",), _TOP_KEYS[1:])
+    valid_mapping(r, (), doc, ("address",), _TOP_KEYS[1:])
     before = len(r)
-    values = {}
+    values: Dict[str, Any] = {}
     for key, value in doc.items():  # in file order, so problems are too
         path = (key,)
         if key == "address":
@@ -216,7 +216,7 @@ def _parse(r: _Report, doc: Any) -> Optional[NodeConfiguration]:
                 "the IP address other nodes and clients reach this node at",
                 allow_unspecified=False, ipv4_only=True)
         elif key == "ssh_port":
-            values[key] = _port(r, path, value)
+            values[key] = valid_port(r, path, value)
         elif key == "state_directory":
             values[key] = _directory(r, path, value)
         elif key in ("docker_socket", "operator_keys"):
@@ -235,12 +235,12 @@ def _parse(r: _Report, doc: Any) -> Optional[NodeConfiguration]:
     return NodeConfiguration(**values)
 
 
-def _zfs(r: _Report, path, value: Any) -> Optional[ZFSConfiguration]:
-    if _mapping(r, path, value, (), _ZFS_KEYS,
-                what="a mapping with 'pool' and 'mount_root'") is None:
+def _zfs(r: Report, path, value: Any) -> Optional[ZFSConfiguration]:
+    if valid_mapping(r, path, value, (), _ZFS_KEYS,
+                     what="a mapping with 'pool' and 'mount_root'") is None:
         return None
     before = len(r)
-    values = {}
+    values: Dict[str, Any] = {}
     for key, item in value.items():
         if key == "pool":
             problem = check_pool_name(item)
@@ -256,14 +256,14 @@ def _zfs(r: _Report, path, value: Any) -> Optional[ZFSConfiguration]:
 
 def node_configuration_from_document(
         data: Optional[bytes], filename: str = "node.yml",
-        problems: List[Problem] = ()) -> NodeConfiguration:
+        problems: Sequence[Problem] = ()) -> NodeConfiguration:
     """
     The ``NodeConfiguration`` a node.yml document describes, or
     ``ConfigurationError`` listing every problem (after ``problems`` already
     found, such as a file that could not be read, whose ``data`` is then None).
     """
-    r = _Report(filename)
-    doc = _read(r, data)
+    r = Report(filename)
+    doc = read_document(r, data)
     configuration = _parse(r, doc) if doc is not None else None
     found = list(problems) + r.problems
     if found or configuration is None:
@@ -274,7 +274,7 @@ def node_configuration_from_document(
 
 def load_node_configuration(path: str = DEFAULT_CONFIG_PATH) -> NodeConfiguration:
     """Read and validate node.yml; ``ConfigurationError`` lists every problem."""
-    data, problem = _read_file(path)
+    data, problem = read_file(path)
     if problem is not None and data is None and not os.path.exists(path):
         problem = Problem(path, "", "%s; create it (config/node.yml in the "
                           "source is a commented example) or pass --config"
@@ -304,12 +304,13 @@ def operator_keys_from_text(text: Union[str, bytes],
     """
     problems: List[Problem] = []
     if isinstance(text, bytes):
+        data = text
         try:
-            text = text.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            line = text[:e.start].count(b"\n") + 1
             raise ConfigurationError([_line_problem(
-                source, line, "not valid UTF-8 (byte 0x%02x)" % (text[e.start],))])
+                source, data[:e.start].count(b"\n") + 1,
+                "not valid UTF-8 (byte 0x%02x)" % (data[e.start],))])
     result: List[keys.Key] = []
     seen = set()
     in_private_key = False

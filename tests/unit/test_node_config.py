@@ -522,3 +522,26 @@ class OperatorKeysTests(TestCase):
         self.assertEqual(caught.exception.problems,
                          (Problem(path, "", "is a directory, expected an "
                                             "authorized_keys-style file"),))
+
+
+class ToolkitTests(TestCase):
+    """node.yml is checked with the public validation toolkit."""
+
+    def test_no_private_imports(self):
+        """No name with a leading underscore is imported from another module."""
+        import ast
+        from flocker_async.node import _config
+        with open(_config.__file__) as f:
+            tree = ast.parse(f.read())
+        private = [(node.module, alias.name) for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if alias.name.startswith("_")]
+        self.assertEqual(private, [])
+
+    def test_same_error_classes(self):
+        from flocker_async import validation
+        with self.assertRaises(validation.ConfigurationError) as caught:
+            parse("ssh_port: 0\n")
+        self.assertIsInstance(caught.exception, ConfigurationError)
+        for problem in caught.exception.problems:
+            self.assertIsInstance(problem, validation.Problem)
