@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet.defer import inlineCallbacks  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.task import LoopingCall, react  # noqa: E402
 
 from flocker_async.volume import (  # noqa: E402
@@ -116,8 +116,7 @@ def stream_size(dataset):
     return int(out)
 
 
-@inlineCallbacks
-def main(reactor, argv):
+async def main(reactor, argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
@@ -129,6 +128,7 @@ def main(reactor, argv):
     pool_size = size + size // 2 + 256 * MIB
     zfs_fixture.prepare()
     pools = []
+    storage_pools = []
     try:
         source_zpool = zfs_fixture.ZFSPool(pool_size)
         pools.append(source_zpool)
@@ -138,19 +138,21 @@ def main(reactor, argv):
         pools.append(ours_zpool)
 
         def storage(zpool, node):
-            return ZFSStoragePool(reactor, zpool.name,
+            pool = ZFSStoragePool(reactor, zpool.name,
                                   zpool.mountpoint + "/volumes", node)
+            storage_pools.append(pool)
+            return pool
         source = storage(source_zpool, "source")
         target = storage(ours_zpool, "target")
         name = VolumeName("bench")
-        volume = yield source.create(name)
+        volume = await source.create(name)
         print("writing %d MiB of random data into %s ..." % (
             options.size_mib, source_zpool.name), flush=True)
         started = time.monotonic()
         source_file = os.path.join(volume.mountpoint, "data.bin")
         fill(source_file, options.size_mib)
         print("  %.1f s" % (time.monotonic() - started,), flush=True)
-        snapshot = yield source.snapshot(name, "bench")
+        snapshot = await source.snapshot(name, "bench")
         dataset = source._dataset(name)
         data_bytes = stream_size(dataset)
 
@@ -165,8 +167,7 @@ def main(reactor, argv):
             print("round %d raw:  %.2f s  %.1f MB/s" % (
                 round_number, seconds, data_bytes / seconds / MB), flush=True)
 
-        @inlineCallbacks
-        def run_ours(round_number):
+        async def run_ours(round_number):
             os.sync()  # no write-back of an earlier round during this one
             sampler = RSSSampler(reactor)
             before = rss_kib()
@@ -174,7 +175,7 @@ def main(reactor, argv):
             sampler.start()
             cpu_before = cpu_seconds()
             started = time.monotonic()
-            yield copy_snapshot(source, snapshot, target)
+            await copy_snapshot(source, snapshot, target)
             seconds = time.monotonic() - started
             cpu = cpu_seconds() - cpu_before
             sampler.stop()
@@ -199,9 +200,9 @@ def main(reactor, argv):
             # Alternate which goes first so neither always gets warm caches.
             if round_number % 2:
                 run_raw(round_number)
-                yield run_ours(round_number)
+                await run_ours(round_number)
             else:
-                yield run_ours(round_number)
+                await run_ours(round_number)
                 run_raw(round_number)
 
         raw_rate = data_bytes / min(raw_times) / MB
@@ -219,9 +220,12 @@ def main(reactor, argv):
             our_rate / raw_rate, our_median / raw_median))
         print("RSS growth (max):   %.1f MiB" % (max(growths) / 1024,))
     finally:
+        for storage_pool in storage_pools:
+            storage_pool.close()
         for zpool in pools:
             zpool.destroy()
 
 
 if __name__ == "__main__":
-    react(main, (sys.argv[1:],))
+    react(lambda reactor, argv: Deferred.fromCoroutine(main(reactor, argv)),
+          (sys.argv[1:],))

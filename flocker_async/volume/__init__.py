@@ -4,6 +4,7 @@ send streams with backpressure.  See ``IStoragePool``.
 """
 
 from ._interfaces import (
+    EPOCH_PROPERTY,
     IReceiveStream,
     ISendStream,
     IStoragePool,
@@ -12,7 +13,9 @@ from ._interfaces import (
     OWNER_PROPERTY,
     READ_ONLY_PROPERTY,
     ReceiveFailed,
+    SET_ASIDE_PROPERTY,
     SendFailed,
+    SetAside,
     Snapshot,
     SnapshotExists,
     Volume,
@@ -21,7 +24,7 @@ from ._interfaces import (
     VolumeName,
     VolumeNotFound,
 )
-from ._common import snapshots_to_prune
+from ._common import snapshot_time, snapshots_to_prune
 from ._memory import MemoryStoragePool
 from ._transfer import copy_snapshot
 from ._zfs import ZFSStoragePool
@@ -34,6 +37,7 @@ __all__ = [
     "VolumeName",
     "Snapshot",
     "Volume",
+    "SetAside",
     "VolumeError",
     "InvalidName",
     "VolumeNotFound",
@@ -42,7 +46,10 @@ __all__ = [
     "SendFailed",
     "ReceiveFailed",
     "OWNER_PROPERTY",
+    "EPOCH_PROPERTY",
     "READ_ONLY_PROPERTY",
+    "SET_ASIDE_PROPERTY",
+    "snapshot_time",
     "snapshots_to_prune",
     "copy_snapshot",
     "MemoryStoragePool",

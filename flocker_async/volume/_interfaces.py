@@ -9,6 +9,11 @@ consumer, and both honour backpressure so memory stays bounded.
 
 Every name that reaches a command line is validated here, when the value is
 made: a ``VolumeName`` or ``Snapshot`` that exists is safe to pass to zfs.
+
+When nodes fail, each volume carries an ownership *epoch* (raised by every
+handoff and take-over), and a copy that diverged from the owner's is *set
+aside*: taken out of the volume namespace with all its data, read-only,
+until an operator discards it.  Nothing else ever destroys it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "VolumeName",
     "Snapshot",
     "Volume",
+    "SetAside",
     "IVolume",
     "IStoragePool",
     "ISendStream",
@@ -36,7 +42,11 @@ __all__ = [
     "SendFailed",
     "ReceiveFailed",
     "OWNER_PROPERTY",
+    "EPOCH_PROPERTY",
     "READ_ONLY_PROPERTY",
+    "SET_ASIDE_PROPERTY",
+    "validate_epoch",
+    "validate_set_aside_label",
 ]
 
 # Application names become volume names (see flocker_async.config).
@@ -45,9 +55,20 @@ VOLUME_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 SNAPSHOT_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 # Node identities: host names, IPv4 and IPv6 addresses.
 NODE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,254}\Z")
+# Labels of set-aside copies; no '.', so "<volume>.set-aside.<label>" parses.
+SET_ASIDE_LABEL = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+# The name a set-aside copy goes by in the pool: a volume name can never
+# hold a '.', so it never collides with a volume.
+SET_ASIDE_NAME = re.compile(
+    r"\A(?P<volume>[A-Za-z0-9][A-Za-z0-9_-]{0,62})"
+    r"\.set-aside\.(?P<label>[A-Za-z0-9_-]{1,64})\Z")
 
 # ZFS user properties recorded on each volume's dataset.
 OWNER_PROPERTY = "org.flocker-async:owner"
+# The ownership epoch (a positive integer); absent means 0.
+EPOCH_PROPERTY = "org.flocker-async:epoch"
+# On a set-aside copy: when it was set aside (unix time).
+SET_ASIDE_PROPERTY = "org.flocker-async:set-aside"
 # Mirrors ``readonly``: zfs-fuse reports a mounted read-only dataset as
 # ``readonly off (temporary)``, so the real property cannot be read back.
 READ_ONLY_PROPERTY = "org.flocker-async:read-only"
@@ -128,6 +149,24 @@ def validate_node_id(node_id: str) -> str:
     return node_id
 
 
+def validate_set_aside_label(label: str) -> str:
+    _check(SET_ASIDE_LABEL, "set-aside label (1-64 of A-Z a-z 0-9 _ -)")(
+        None, None, label)
+    return label
+
+
+def validate_epoch(epoch) -> int:
+    """An ownership epoch to record: a positive int (``ValueError``)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ValueError("invalid epoch (a positive integer): %r" % (epoch,))
+    return epoch
+
+
+def set_aside_name(name: "VolumeName", label: str) -> str:
+    """What a set-aside copy is called in the pool (dataset, directory)."""
+    return "%s.set-aside.%s" % (name.value, validate_set_aside_label(label))
+
+
 @frozen(order=True)
 class VolumeName:
     """The name of an application's volume (the application's own name)."""
@@ -160,6 +199,11 @@ class IVolume(Interface):
     mountpoint = Attribute("Absolute path where the volume's files are.")
     maximum_size = Attribute("The size limit in bytes, or ``None``.")
     referenced = Attribute("Bytes of data the volume holds now.")
+    epoch = Attribute(
+        "The ownership epoch recorded with this copy: an int, ``0`` when "
+        "none was ever recorded (a new replica).  Every handoff and every "
+        "take-over raises it; a writable copy whose epoch is lower than a "
+        "peer's must yield.")
 
     def owned_by(node_id):
         """``True`` if ``node_id`` owns this volume."""
@@ -174,9 +218,27 @@ class Volume:
     mountpoint: str
     maximum_size: Optional[int] = None
     referenced: int = 0
+    epoch: int = 0
 
     def owned_by(self, node_id: str) -> bool:
         return self.owner is not None and self.owner == node_id
+
+
+@frozen
+class SetAside:
+    """
+    A copy of a volume taken out of the volume namespace with all its data
+    (``IStoragePool.set_aside``): read-only, mounted at ``mountpoint`` for
+    an operator to inspect, kept until ``discard_set_aside``.
+    """
+
+    volume: VolumeName = field(validator=validators.instance_of(VolumeName))
+    label: str = field(validator=_check(SET_ASIDE_LABEL, "set-aside label"))
+    created: float  # unix time it was set aside
+    referenced: int
+    owner: Optional[str]
+    epoch: int
+    mountpoint: str
 
 
 class ISendStream(IPushProducer):
@@ -216,16 +278,23 @@ class IReceiveStream(IConsumer):
 
 
 class IStoragePool(Interface):
-    """The volumes of one node.  Every method returns a Deferred."""
+    """
+    The volumes of one node.  Every method returns a Deferred, except
+    ``send``, ``receive`` (streams) and ``close``.
+
+    Snapshots named ``flocker-...`` are *generated* (``snapshot`` without a
+    name); only those are ever pruned or trimmed.  Set-aside copies are out
+    of reach of every method but ``set_asides`` and ``discard_set_aside``.
+    """
 
     node_id = Attribute("Identity of this node (recorded as owner).")
     mount_root = Attribute("Directory under which volumes are mounted.")
 
     def create(name, maximum_size=None):
         """
-        Create an empty, writable volume owned by this node, mounted under
-        ``mount_root``.  Fires with its ``IVolume``; fails with
-        ``VolumeExists``.
+        Create an empty, writable volume owned by this node, with epoch 1,
+        mounted under ``mount_root``.  Fires with its ``IVolume``; fails
+        with ``VolumeExists``.
         """
 
     def get(name):
@@ -249,13 +318,27 @@ class IStoragePool(Interface):
     def snapshots(name):
         """Fire with the volume's snapshots, oldest first."""
 
-    def prune_snapshots(name, common):
+    def prune_snapshots(name, common, *more_common):
         """
-        Destroy the snapshots older than the newest snapshot that is both
-        here and in ``common`` (a peer's snapshots of this volume).  That
-        one and everything newer are kept; with none in common nothing is
-        destroyed; the volume itself never is.  Fires with the destroyed
-        ``Snapshot``s.
+        Destroy the generated snapshots older than the newest snapshot that
+        is both here and in ``common`` (a peer's snapshots of this volume).
+        That one and everything newer are kept; with none in common nothing
+        is destroyed; the volume itself never is.
+
+        Each further argument is another peer's snapshot list: what is kept
+        starts at the oldest of the per-peer newest common snapshots, so
+        every peer still finds its base.  A peer with nothing in common
+        does not constrain (it needs a full copy anyway).  Snapshots not
+        generated by us are never destroyed.  Fires with the destroyed
+        ``Snapshot``s, oldest first.
+        """
+
+    def trim_snapshots(name, keep):
+        """
+        Destroy all but the newest ``keep`` (an int >= 1, else
+        ``ValueError``) generated snapshots of this copy; other snapshots
+        are never destroyed.  Used on standby replicas after each receive.
+        Fires with the destroyed ``Snapshot``s, oldest first.
         """
 
     def discard_replica(name):
@@ -270,15 +353,53 @@ class IStoragePool(Interface):
     def set_read_only(name, read_only):
         """Make the volume read-only or writable; fire with its ``IVolume``."""
 
-    def set_owner(name, owner):
-        """Record ``owner`` as the volume's owner; fire with its
-        ``IVolume``."""
+    def set_owner(name, owner, epoch=None):
+        """
+        Record ``owner`` as the volume's owner and, when given, ``epoch``
+        (a positive int, else ``ValueError``) as its ownership epoch; fire
+        with its ``IVolume``.  The epoch is recorded first, so a crash in
+        between never shows a new owner with an old epoch.
+        """
+
+    def set_aside(name, label):
+        """
+        Take this node's copy of ``name`` out of the volume namespace,
+        keeping all its data: a snapshot ``set-aside-<label>`` pins its
+        current contents, the copy becomes read-only and is mounted
+        read-only at ``<mount_root>/<name>.set-aside.<label>`` for an
+        operator to inspect.  ``label`` is 1-64 of ``[A-Za-z0-9_-]``
+        (``InvalidName``).  Afterwards ``get(name)`` fails with
+        ``VolumeNotFound`` and a new copy can be created or received under
+        ``name``.  Fires with the ``SetAside``; fails with
+        ``VolumeNotFound`` without a copy, ``VolumeError`` when that label
+        is taken for this volume.  One that fails half way (the file
+        system busy, say) leaves the copy in place, read-only; calling it
+        again completes it.
+        """
+
+    def set_asides():
+        """Fire with every ``SetAside`` of the pool, oldest first."""
+
+    def discard_set_aside(name, label):
+        """
+        Unmount and destroy the set-aside copy ``label`` of ``name`` with
+        its snapshots: the only way set-aside data is ever destroyed (an
+        operator's command).  Fires with None; fails with ``VolumeError``
+        if there is no such copy.
+        """
+
+    def close():
+        """
+        Stop what the pool runs in the background (threads); returns None.
+        Also done at reactor shutdown; a pool used again starts them again.
+        """
 
     def send(snapshot, consumer, base=None):
         """
         Start writing ``snapshot`` into ``consumer`` (an ``IConsumer``), in
         full or, with ``base``, as the increment from ``base``.  Returns an
-        ``ISendStream`` at once.
+        ``ISendStream`` at once; a send that cannot start (no such
+        snapshot, no process) fails its ``done`` with ``SendFailed``.
         """
 
     def receive(name):
@@ -289,4 +410,9 @@ class IStoragePool(Interface):
         its base and which was not modified since.  Never overwrites data
         the sender does not have, and never receives into a volume this
         node owns.
+
+        A stream carries data and snapshots, not owner or epoch: a new
+        replica has owner ``None`` and epoch 0 (the receiver records them
+        with ``set_owner`` afterwards); an existing copy keeps its own.
+        Every failure, also of starting the receive, fails ``done``.
         """

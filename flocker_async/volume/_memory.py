@@ -7,7 +7,9 @@ tests/testtools/volume.py holds it to the same behaviour as ZFSStoragePool.
 
 Layout under ``root``: ``volumes/<name>/meta.json`` and
 ``volumes/<name>/snapshots/<snapshot>/``; a volume's files live at
-``<mount_root>/<name>``; streams are spooled in ``spool/``.
+``<mount_root>/<name>``; streams are spooled in ``spool/``.  A set-aside
+copy moves to ``set-aside/<name>.set-aside.<label>/`` (its files to
+``<mount_root>/<name>.set-aside.<label>``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._common import generate_snapshot_name, snapshots_to_prune
+from ._common import (
+    SET_ASIDE_SNAPSHOT_PREFIX,
+    generate_snapshot_name,
+    snapshots_to_prune,
+    snapshots_to_trim,
+)
 from ._interfaces import (
+    SET_ASIDE_NAME,
     VolumeError,
     IReceiveStream,
     ISendStream,
@@ -36,12 +44,15 @@ from ._interfaces import (
     InvalidName,
     ReceiveFailed,
     SendFailed,
+    SetAside,
     Snapshot,
     SnapshotExists,
     Volume,
     VolumeExists,
     VolumeName,
     VolumeNotFound,
+    set_aside_name,
+    validate_epoch,
     validate_node_id,
 )
 
@@ -133,7 +144,8 @@ class MemoryStoragePool:
         self.node_id = validate_node_id(node_id)
         self.mount_root = os.path.abspath(
             mount_root or os.path.join(self.root, "mounts"))
-        for directory in (self._volumes_dir, self._spool, self.mount_root):
+        for directory in (self._volumes_dir, self._set_aside_dir,
+                          self._spool, self.mount_root):
             os.makedirs(directory, exist_ok=True)
 
     def __repr__(self):
@@ -148,6 +160,10 @@ class MemoryStoragePool:
     @property
     def _spool(self):
         return os.path.join(self.root, "spool")
+
+    @property
+    def _set_aside_dir(self):
+        return os.path.join(self.root, "set-aside")
 
     def _meta_dir(self, name: VolumeName) -> str:
         if not isinstance(name, VolumeName):
@@ -186,7 +202,10 @@ class MemoryStoragePool:
         return Volume(
             name=name, owner=meta["owner"], read_only=meta["read_only"],
             mountpoint=mountpoint, maximum_size=meta["maximum_size"],
-            referenced=_size_of(mountpoint))
+            referenced=_size_of(mountpoint), epoch=meta.get("epoch", 0))
+
+    def close(self):
+        """Nothing runs in the background here."""
 
     # Queries -------------------------------------------------------------
 
@@ -233,7 +252,7 @@ class MemoryStoragePool:
         os.makedirs(mountpoint)
         os.makedirs(os.path.join(self._meta_dir(name), "snapshots"),
                     exist_ok=True)
-        meta = {"owner": self.node_id, "read_only": False,
+        meta = {"owner": self.node_id, "epoch": 1, "read_only": False,
                 "maximum_size": maximum_size, "snapshots": []}
         self._write_meta(name, meta)
         return self._volume(name, meta)
@@ -253,10 +272,22 @@ class MemoryStoragePool:
         return snapshot
 
     @_deferred
-    def prune_snapshots(self, name: VolumeName, common: Iterable[Snapshot]):
+    def prune_snapshots(self, name: VolumeName, common: Iterable[Snapshot],
+                        *more_common: Iterable[Snapshot]):
         meta = self._read_meta(name)
         local = [Snapshot(name, s) for s in meta["snapshots"]]
-        doomed = snapshots_to_prune(local, common)
+        return self._destroy_snapshots(
+            name, meta, snapshots_to_prune(local, common, *more_common))
+
+    @_deferred
+    def trim_snapshots(self, name: VolumeName, keep: int):
+        snapshots_to_trim([], keep)  # validates keep before anything else
+        meta = self._read_meta(name)
+        local = [Snapshot(name, s) for s in meta["snapshots"]]
+        return self._destroy_snapshots(
+            name, meta, snapshots_to_trim(local, keep))
+
+    def _destroy_snapshots(self, name, meta, doomed):
         for snapshot in doomed:
             meta["snapshots"].remove(snapshot.name)
             self._write_meta(name, meta)
@@ -282,12 +313,80 @@ class MemoryStoragePool:
         shutil.rmtree(self._mountpoint(name), ignore_errors=True)
 
     @_deferred
-    def set_owner(self, name: VolumeName, owner: str):
+    def set_owner(self, name: VolumeName, owner: str,
+                  epoch: Optional[int] = None):
         validate_node_id(owner)
+        if epoch is not None:
+            validate_epoch(epoch)
         meta = self._read_meta(name)
+        if epoch is not None:
+            meta["epoch"] = epoch
         meta["owner"] = owner
+        # One atomic write: owner and epoch change together.
         self._write_meta(name, meta)
         return self._volume(name, meta)
+
+    # Set-aside copies ------------------------------------------------------
+
+    def _set_aside_value(self, name: VolumeName, label: str) -> SetAside:
+        leaf = set_aside_name(name, label)
+        with open(os.path.join(self._set_aside_dir, leaf, "meta.json")) as f:
+            meta = json.load(f)
+        mountpoint = os.path.join(self.mount_root, leaf)
+        return SetAside(
+            volume=name, label=label, created=meta["set_aside"],
+            referenced=_size_of(mountpoint), owner=meta["owner"],
+            epoch=meta.get("epoch", 0), mountpoint=mountpoint)
+
+    @_deferred
+    def set_aside(self, name: VolumeName, label: str):
+        leaf = set_aside_name(name, label)  # validates label
+        meta = self._read_meta(name)
+        target = os.path.join(self._set_aside_dir, leaf)
+        if os.path.exists(target):
+            raise VolumeError(
+                "volume %s already has a set-aside copy labelled %r: "
+                "choose another label" % (name, label))
+        snapshot_name = SET_ASIDE_SNAPSHOT_PREFIX + label
+        if snapshot_name not in meta["snapshots"]:
+            # Pin the exact data, as the ZFS pool does.
+            shutil.copytree(self._mountpoint(name),
+                            self._snapshot_dir(Snapshot(name, snapshot_name)),
+                            symlinks=True)
+            meta["snapshots"].append(snapshot_name)
+        meta["read_only"] = True
+        meta["set_aside"] = self._reactor.seconds()
+        self._write_meta(name, meta)
+        mountpoint = os.path.join(self.mount_root, leaf)
+        if os.path.exists(mountpoint):
+            os.rmdir(mountpoint)  # left by a discarded one: empty
+        # The files first: a stop in between never leaves a volume whose
+        # create() would clear a set-aside copy's files.
+        os.rename(self._mountpoint(name), mountpoint)
+        os.rename(self._meta_dir(name), target)
+        return self._set_aside_value(name, label)
+
+    @_deferred
+    def set_asides(self):
+        found = []
+        for leaf in os.listdir(self._set_aside_dir):
+            match = SET_ASIDE_NAME.match(leaf)
+            if match is not None and os.path.exists(
+                    os.path.join(self._set_aside_dir, leaf, "meta.json")):
+                found.append(self._set_aside_value(
+                    VolumeName(match.group("volume")), match.group("label")))
+        return sorted(found, key=lambda s: (s.created, s.volume, s.label))
+
+    @_deferred
+    def discard_set_aside(self, name: VolumeName, label: str):
+        leaf = set_aside_name(name, label)
+        target = os.path.join(self._set_aside_dir, leaf)
+        if not os.path.exists(os.path.join(target, "meta.json")):
+            raise VolumeError(
+                "there is no set-aside copy %r of volume %s on %s"
+                % (label, name, self.node_id))
+        shutil.rmtree(os.path.join(self.mount_root, leaf), ignore_errors=True)
+        shutil.rmtree(target)
 
     def write_file(self, name: VolumeName, path: str, data: bytes):
         """
@@ -316,7 +415,7 @@ class MemoryStoragePool:
                 base, snapshot.volume))
         try:
             spooled = self._write_stream(snapshot, base)
-        except _StreamError as e:
+        except (_StreamError, OSError) as e:
             return _MemorySendStream(self._reactor, snapshot, base, consumer,
                                      None, SendFailed(snapshot, base, str(e)))
         return _MemorySendStream(self._reactor, snapshot, base, consumer,
@@ -371,7 +470,9 @@ class MemoryStoragePool:
 
     def receive(self, name: VolumeName):
         self._meta_dir(name)
-        return _MemoryReceiveStream(self, name)
+        stream = _MemoryReceiveStream(self, name)
+        stream.start()
+        return stream
 
     def _receive_refusal(self, name: VolumeName) -> Optional[str]:
         if self._exists(name):
@@ -472,8 +573,8 @@ class MemoryStoragePool:
         if exists:
             meta = self._read_meta(name)
         else:
-            meta = {"owner": None, "read_only": True, "maximum_size": None,
-                    "snapshots": []}
+            meta = {"owner": None, "epoch": 0, "read_only": True,
+                    "maximum_size": None, "snapshots": []}
         meta["snapshots"].append(snapshot.name)
         self._write_meta(name, meta)
         mountpoint = self._mountpoint(name)
@@ -492,10 +593,10 @@ def _add_bytes(tar, name, data):
 class _MemorySendStream:
     """Writes a spooled tar file into the consumer, honouring pauses."""
 
-    def __init__(self, reactor, snapshot, base, consumer, spooled, error):
+    def __init__(self, reactor, snapshot, base, consumer, spooled, error) -> None:
         self.snapshot = snapshot
         self.base = base
-        self.done = Deferred()
+        self.done: Deferred[int] = Deferred()
         self.bytes_sent = 0
         self._reactor = reactor
         self._consumer = consumer
@@ -560,18 +661,30 @@ class _MemorySendStream:
 
 @implementer(IReceiveStream)
 class _MemoryReceiveStream:
-    """Spools the stream to disk; checks and applies it on ``finish()``."""
+    """
+    Spools the stream to disk; checks and applies it on ``finish()``.
+    Making one starts nothing: ``start()`` (called by the pool's
+    ``receive``) does, and every failure from then on fails ``done``.
+    """
 
     def __init__(self, pool: MemoryStoragePool, name: VolumeName):
-        self.done = Deferred()
+        self.done: Deferred[Snapshot] = Deferred()
         self.bytes_received = 0
         self._pool = pool
         self._name = name
         self._producer = None
         self._ended = False
-        fd, self._spooled = tempfile.mkstemp(prefix="recv-", dir=pool._spool)
-        self._file = os.fdopen(fd, "wb")
-        refusal = pool._receive_refusal(name)
+        self._file = None
+        self._spooled = None
+
+    def start(self):
+        try:
+            fd, self._spooled = tempfile.mkstemp(
+                prefix="recv-", dir=self._pool._spool)
+            self._file = os.fdopen(fd, "wb")
+            refusal = self._pool._receive_refusal(self._name)
+        except Exception as e:
+            return self._fail("the receive could not be started: %s" % (e,))
         if refusal is not None:
             self._fail(refusal)
 
@@ -579,7 +692,10 @@ class _MemoryReceiveStream:
         if self._ended:
             return
         self.bytes_received += len(data)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self._fail("the stream could not be spooled: %s" % (e,))
 
     def registerProducer(self, producer, streaming):
         if self._producer is not None:
@@ -597,11 +713,13 @@ class _MemoryReceiveStream:
     def finish(self):
         if self._ended:
             return
-        self._file.close()
         try:
+            self._file.close()
             snapshot = self._pool._apply_stream(self._name, self._spooled)
         except _StreamError as e:
             return self._fail(str(e))
+        except Exception as e:
+            return self._fail("applying the stream failed: %s" % (e,))
         self._cleanup(stop_producer=False)
         self.done.callback(snapshot)
 
@@ -615,15 +733,25 @@ class _MemoryReceiveStream:
 
     def _cleanup(self, stop_producer=True):
         self._ended = True
-        if not self._file.closed:
-            self._file.close()
-        if os.path.exists(self._spooled):
+        try:
+            if self._file is not None and not self._file.closed:
+                self._file.close()
+        except OSError:
+            pass  # the spool goes anyway
+        if self._spooled is not None and os.path.exists(self._spooled):
             os.unlink(self._spooled)
         if stop_producer and self._producer is not None:
             producer, self._producer = self._producer, None
             producer.stopProducing()
 
     def _fail(self, detail):
+        if self.done.called:
+            return
         self._cleanup()
-        exists, previous = self._pool._state(self._name)
+        try:
+            exists, previous = self._pool._state(self._name)
+        except Exception as e:
+            return self.done.errback(VolumeError(
+                "receiving volume %r failed: %s; its state could not be "
+                "read: %s" % (str(self._name), detail, e)))
         self.done.errback(ReceiveFailed(self._name, detail, previous, exists))

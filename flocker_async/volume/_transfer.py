@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.python.failure import Failure
 
+from .._async import deferred
 from ._interfaces import IStoragePool, Snapshot, VolumeName
 
 __all__ = ["copy_snapshot"]
 
 
-@inlineCallbacks
-def copy_snapshot(source: IStoragePool, snapshot: Snapshot,
-                  target: IStoragePool, base: Optional[Snapshot] = None,
-                  name: Optional[VolumeName] = None):
+@deferred
+async def copy_snapshot(source: IStoragePool, snapshot: Snapshot,
+                        target: IStoragePool, base: Optional[Snapshot] = None,
+                        name: Optional[VolumeName] = None):
     """
     Send ``snapshot`` (incremental from ``base`` if given) from ``source``
     straight into a receive on ``target`` (into ``name``, by default the
@@ -23,10 +24,14 @@ def copy_snapshot(source: IStoragePool, snapshot: Snapshot,
     ``ReceiveFailed`` (which names the send failure that caused it, if any).
     """
     receiver = target.receive(name or snapshot.volume)
-    stream = source.send(snapshot, receiver, base)
+    try:
+        stream = source.send(snapshot, receiver, base)
+    except Exception:
+        # Nothing will ever feed the receive: cut it, and report its end.
+        receiver.abort(Failure())
+        return await receiver.done
     # The end of the send is the end of the stream; a failed send cuts it.
     stream.done.addCallbacks(lambda _: receiver.finish(), receiver.abort)
     # Settle the send side before reporting; its failure is in the receive's.
-    yield stream.done.addErrback(lambda _: None)
-    received = yield receiver.done
-    return received
+    await stream.done
+    return await receiver.done

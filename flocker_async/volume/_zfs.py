@@ -12,11 +12,13 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import threading
+import time
 from typing import Iterable, Optional
 
 from twisted.internet import fdesc
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.error import (
     ConnectionDone, ProcessDone, ProcessExitedAlready)
@@ -24,12 +26,17 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from .._async import deferred, sleep
 from .._process import CommandFailed, _default_env, _which, run_process
 from ._interfaces import (
+    EPOCH_PROPERTY,
     OWNER_PROPERTY,
     READ_ONLY_PROPERTY,
+    SET_ASIDE_NAME,
+    SET_ASIDE_PROPERTY,
     VOLUME_NAME,
     IReceiveStream,
     ISendStream,
@@ -37,6 +44,7 @@ from ._interfaces import (
     InvalidName,
     ReceiveFailed,
     SendFailed,
+    SetAside,
     Snapshot,
     SnapshotExists,
     Volume,
@@ -44,9 +52,16 @@ from ._interfaces import (
     VolumeExists,
     VolumeName,
     VolumeNotFound,
+    set_aside_name,
+    validate_epoch,
     validate_node_id,
 )
-from ._common import generate_snapshot_name, snapshots_to_prune
+from ._common import (
+    SET_ASIDE_SNAPSHOT_PREFIX,
+    generate_snapshot_name,
+    snapshots_to_prune,
+    snapshots_to_trim,
+)
 
 __all__ = ["ZFSStoragePool", "MountLock", "MOUNT_LOCK"]
 
@@ -56,9 +71,11 @@ DATASET_NAME = re.compile(
     r"\A[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9][A-Za-z0-9_.:-]*)*\Z")
 MOUNT_ROOT = re.compile(r"\A(/[A-Za-z0-9_.+-]+)+\Z")
 
+# Everything we read about a dataset, in one ``zfs get``.
 _PROPERTIES = (
     "type", "mountpoint", "mounted", "refquota", "referenced", "readonly",
-    OWNER_PROPERTY, READ_ONLY_PROPERTY,
+    "creation", OWNER_PROPERTY, EPOCH_PROPERTY, READ_ONLY_PROPERTY,
+    SET_ASIDE_PROPERTY,
 )
 
 # A zfs command other than a stream (get, list, create, set, snapshot,
@@ -81,6 +98,22 @@ MOUNT_LOCK = "/run/lock/flocker-async-zfs-mount.lock"
 # Keep this much of a stream command's stderr: what zfs says fits easily.
 _MAX_STDERR = 64 * 1024
 
+# Mount checks (a stat() each) run on this many threads of the pool's own:
+# a stat() of a wedged FUSE mount never returns, and the reactor's
+# threadpool, which name resolution needs, must never fill up with them.
+MOUNT_CHECK_THREADS = 4
+
+# How long closing the pool waits, in all, for its mount-check threads.
+_JOIN_GRACE = 1.0
+
+# zfs-fuse releases a file system some time after ``zfs unmount`` returned
+# (it unmounts through FUSE), and until then calls it busy: a mount, rename
+# or destroy right after an unmount is tried again, this often, this far
+# apart.  (Seen: a replica unmounted for a receive that failed at once
+# could not be mounted again, "mountpoint or dataset is busy".)
+_BUSY_ATTEMPTS = 20
+_BUSY_INTERVAL = 0.25
+
 
 def _detail(failure_or_error) -> str:
     error = getattr(failure_or_error, "value", failure_or_error)
@@ -91,7 +124,7 @@ def _detail(failure_or_error) -> str:
 
 def _parse_properties(stdout: bytes) -> dict:
     """``zfs get -H -p -o name,property,value`` -> {name: {prop: value}}."""
-    result = {}
+    result: dict = {}
     for line in stdout.decode("utf-8", "replace").splitlines():
         parts = line.split("\t")
         if len(parts) != 3:
@@ -105,6 +138,42 @@ def _size(value: str) -> Optional[int]:
     if value in ("-", "none", "0", ""):
         return None
     return int(value)
+
+
+def _epoch(value: str) -> int:
+    """An epoch property; unset (``-``) or not a positive int: 0."""
+    try:
+        epoch = int(value)
+    except ValueError:
+        return 0
+    return epoch if epoch > 0 else 0
+
+
+def _time(value: str) -> Optional[float]:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+class _MountCheckThreads(ThreadPool):
+    """
+    The threads that stat() mount points.  A thread stuck in a stat() of a
+    wedged FUSE mount must not keep the process alive nor hang its
+    shutdown (``ThreadPool.stop`` joins every thread for ever), so they are
+    daemon threads and ``stop`` waits for them only briefly.
+    """
+
+    def threadFactory(self, *args, **kwargs):
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+    def stop(self):
+        self.joined = True
+        self.started = False
+        self._team.quit()
+        deadline = time.monotonic() + _JOIN_GRACE
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def open_lock_file(path: str) -> int:
@@ -144,7 +213,7 @@ class MountLock:
                 state["call"].cancel()
             close()
 
-        acquired = Deferred(cancel)
+        acquired: Deferred[None] = Deferred(cancel)
 
         def attempt():
             state["call"] = None
@@ -171,7 +240,9 @@ class MountLock:
 class ZFSStoragePool:
     """
     Volumes are the datasets ``<root_dataset>/<volume name>``, mounted at
-    ``<mount_root>/<volume name>``.
+    ``<mount_root>/<volume name>``; set-aside copies are the datasets
+    ``<root_dataset>/<volume name>.set-aside.<label>``, mounted read-only
+    at ``<mount_root>/<volume name>.set-aside.<label>``.
     """
 
     def __init__(self, reactor, root_dataset: str, mount_root: str,
@@ -188,6 +259,9 @@ class ZFSStoragePool:
         self.node_id = validate_node_id(node_id)
         self.command_timeout = command_timeout
         self._mount_lock = MountLock(reactor, mount_lock)
+        # Started on first use (see _mount_check_threads).
+        self._mount_threads: Optional[_MountCheckThreads] = None
+        self._shutdown_trigger = None
 
     def __repr__(self):
         return "<ZFSStoragePool %s on %s>" % (self.root_dataset, self.node_id)
@@ -207,22 +281,77 @@ class ZFSStoragePool:
     def _mountpoint(self, name: VolumeName) -> str:
         return os.path.join(self.mount_root, name.value)
 
+    def _set_aside_dataset(self, name: VolumeName, label: str) -> str:
+        if not isinstance(name, VolumeName):
+            raise TypeError("expected a VolumeName, got %r" % (name,))
+        return "%s/%s" % (self.root_dataset, set_aside_name(name, label))
+
+    def _set_aside_mountpoint(self, name: VolumeName, label: str) -> str:
+        return os.path.join(self.mount_root, set_aside_name(name, label))
+
     def _zfs(self, *args) -> Deferred:
         return run_process(self._reactor, ("zfs",) + args,
                            timeout=self.command_timeout)
 
+    def _zfs_mounting(self, *args) -> Deferred:
+        """A zfs command that may mount a file system (see MOUNT_LOCK)."""
+        return self._mount_lock.run(self._zfs, *args)
+
+    async def _zfs_after_unmount(self, run, *args):
+        """``run(*args)``, tried again while zfs says the dataset is busy
+        (see _BUSY_ATTEMPTS)."""
+        for attempt in range(1, _BUSY_ATTEMPTS + 1):
+            try:
+                return await run(*args)
+            except CommandFailed as e:
+                if ("is busy" not in e.stderr_text
+                        or attempt == _BUSY_ATTEMPTS):
+                    raise
+                _log.info("zfs {command}: dataset busy, trying again",
+                          command=" ".join(args))
+            await sleep(self._reactor, _BUSY_INTERVAL)
+
+    # Mount checks, on threads of their own -------------------------------
+
+    def _mount_check_threads(self) -> "_MountCheckThreads":
+        if self._mount_threads is None:
+            threads = _MountCheckThreads(
+                0, MOUNT_CHECK_THREADS,
+                name="flocker-mount-check-%s" % (self.root_dataset,))
+            threads.start()
+            self._mount_threads = threads
+            self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._at_shutdown)
+        return self._mount_threads
+
+    def _at_shutdown(self):
+        # The trigger is being run: it cannot be removed any more.
+        self._shutdown_trigger = None
+        self.close()
+
+    def close(self):
+        """Stop the mount-check threads (they start again if needed)."""
+        threads, self._mount_threads = self._mount_threads, None
+        trigger, self._shutdown_trigger = self._shutdown_trigger, None
+        if trigger is not None:
+            self._reactor.removeSystemEventTrigger(trigger)
+        if threads is not None:
+            threads.stop()
+
     def _is_mounted(self, path: str) -> Deferred:
         """
         Whether a file system is mounted at ``path``, by a stat() of it in
-        a thread: never on the reactor thread, where a stuck FUSE daemon
-        would block it for good; fails after ``command_timeout``.
+        a thread of the pool's own: never on the reactor thread, where a
+        stuck FUSE daemon would block it for good, nor on the reactor's
+        threadpool, which name resolution needs; fails after
+        ``command_timeout``.
 
         The stat itself matters with zfs-fuse: reading the kernel's mount
         table instead (no stat) made the volume contract tests flaky (a
         replica's files listed but not found, and once a stall of zfs-fuse
         in sync()); 15 runs with the stat passed, as before.
         """
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+        d = deferToThreadPool(self._reactor, self._mount_check_threads(),
                               os.path.ismount, path)
 
         def timed_out(result, seconds):
@@ -230,10 +359,6 @@ class ZFSStoragePool:
                               "%g s (is zfs-fuse stuck?)" % (path, seconds))
         return d.addTimeout(self.command_timeout, self._reactor,
                             onTimeoutCancel=timed_out)
-
-    def _zfs_mounting(self, *args) -> Deferred:
-        """A zfs command that may mount a file system (see MOUNT_LOCK)."""
-        return self._mount_lock.run(self._zfs, *args)
 
     # Queries ----------------------------------------------------------
 
@@ -251,7 +376,23 @@ class ZFSStoragePool:
             mountpoint=props.get("mountpoint", self._mountpoint(name)),
             maximum_size=_size(props.get("refquota", "-")),
             referenced=_size(props.get("referenced", "-")) or 0,
+            epoch=_epoch(props.get(EPOCH_PROPERTY, "-")),
         )
+
+    def _set_aside(self, name: VolumeName, label: str, props: dict
+                   ) -> SetAside:
+        owner = props.get(OWNER_PROPERTY, "-")
+        created = _time(props.get(SET_ASIDE_PROPERTY, "-"))
+        if created is None:
+            # Set aside by hand, not by us: when the dataset was made.
+            created = _time(props.get("creation", "-")) or 0.0
+        return SetAside(
+            volume=name, label=label, created=created,
+            referenced=_size(props.get("referenced", "-")) or 0,
+            owner=None if owner == "-" else owner,
+            epoch=_epoch(props.get(EPOCH_PROPERTY, "-")),
+            mountpoint=props.get("mountpoint",
+                                 self._set_aside_mountpoint(name, label)))
 
     def _not_found(self, name):
         def translate(failure):
@@ -261,39 +402,50 @@ class ZFSStoragePool:
             return failure
         return translate
 
-    def _get_raw(self, name: VolumeName) -> Deferred:
-        dataset = self._dataset(name)
-        d = self._zfs("get", "-H", "-p", "-o", "name,property,value",
-                      ",".join(_PROPERTIES), dataset)
-        d.addErrback(self._not_found(name))
-        d.addCallback(lambda result: _parse_properties(result.stdout)[dataset])
-        return d
+    async def _get_dataset(self, dataset: str) -> Optional[dict]:
+        """The dataset's properties, or None if it does not exist."""
+        try:
+            result = await self._zfs(
+                "get", "-H", "-p", "-o", "name,property,value",
+                ",".join(_PROPERTIES), dataset)
+        except CommandFailed as e:
+            if "does not exist" in e.stderr_text:
+                return None
+            raise
+        return _parse_properties(result.stdout).get(dataset)
 
-    def get(self, name: VolumeName) -> Deferred:
-        return self._get_raw(name).addCallback(
-            lambda props: self._volume(name, props))
+    async def _get_raw(self, name: VolumeName) -> dict:
+        props = await self._get_dataset(self._dataset(name))
+        if props is None:
+            raise VolumeNotFound(name)
+        return props
 
-    def enumerate(self) -> Deferred:
-        d = self._zfs("get", "-H", "-p", "-r", "-d", "1",
-                      "-o", "name,property,value", ",".join(_PROPERTIES),
-                      self.root_dataset)
+    @deferred
+    async def get(self, name: VolumeName):
+        return self._volume(name, await self._get_raw(name))
 
-        def parse(result):
-            volumes = []
-            prefix = self.root_dataset + "/"
-            for dataset, props in _parse_properties(result.stdout).items():
-                if not dataset.startswith(prefix):
-                    continue
-                rest = dataset[len(prefix):]
-                # Skips snapshots, deeper datasets and anything not ours
-                # (a hidden %recv clone during a receive, for one).
-                if not VOLUME_NAME.match(rest):
-                    continue
-                if props.get("type") != "filesystem":
-                    continue
-                volumes.append(self._volume(VolumeName(rest), props))
-            return sorted(volumes, key=lambda v: v.name)
-        return d.addCallback(parse)
+    async def _children(self) -> dict:
+        """{leaf name: properties} of the root dataset's file systems."""
+        result = await self._zfs(
+            "get", "-H", "-p", "-r", "-d", "1", "-o", "name,property,value",
+            ",".join(_PROPERTIES), self.root_dataset)
+        prefix = self.root_dataset + "/"
+        return {
+            dataset[len(prefix):]: props
+            for dataset, props in _parse_properties(result.stdout).items()
+            # Skips the root itself and snapshots ('@' in the leaf).
+            if dataset.startswith(prefix) and props.get("type") == "filesystem"
+        }
+
+    @deferred
+    async def enumerate(self):
+        volumes = []
+        for leaf, props in (await self._children()).items():
+            # Skips set-aside copies, deeper datasets and anything not ours
+            # (a hidden %recv clone during a receive, for one).
+            if VOLUME_NAME.match(leaf):
+                volumes.append(self._volume(VolumeName(leaf), props))
+        return sorted(volumes, key=lambda v: v.name)
 
     def owned_volumes(self) -> Deferred:
         return self.enumerate().addCallback(
@@ -303,30 +455,40 @@ class ZFSStoragePool:
         return self.enumerate().addCallback(
             lambda vs: [v for v in vs if not v.owned_by(self.node_id)])
 
-    def snapshots(self, name: VolumeName) -> Deferred:
+    @deferred
+    async def snapshots(self, name: VolumeName):
         dataset = self._dataset(name)
-        d = self._zfs("list", "-H", "-t", "snapshot", "-o", "name",
-                      "-s", "createtxg", "-d", "1", dataset)
-        d.addErrback(self._not_found(name))
+        result = await self._zfs(
+            "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg",
+            "-d", "1", dataset).addErrback(self._not_found(name))
+        snapshots = []
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            head, sep, snapshot_name = line.strip().partition("@")
+            if head != dataset or not sep:
+                continue
+            try:
+                snapshots.append(Snapshot(name, snapshot_name))
+            except InvalidName:
+                # Someone else's snapshot; never ours to send or prune.
+                continue
+        return snapshots
 
-        def parse(result):
-            snapshots = []
-            for line in result.stdout.decode("utf-8", "replace").splitlines():
-                head, sep, snapshot_name = line.strip().partition("@")
-                if head != dataset or not sep:
-                    continue
-                try:
-                    snapshots.append(Snapshot(name, snapshot_name))
-                except InvalidName:
-                    # Someone else's snapshot; never ours to send or prune.
-                    continue
-            return snapshots
-        return d.addCallback(parse)
+    @deferred
+    async def set_asides(self):
+        found = []
+        for leaf, props in (await self._children()).items():
+            match = SET_ASIDE_NAME.match(leaf)
+            if match is not None:
+                found.append(self._set_aside(
+                    VolumeName(match.group("volume")), match.group("label"),
+                    props))
+        return sorted(found, key=lambda s: (s.created, s.volume, s.label))
 
     # Changes ------------------------------------------------------------
 
-    def create(self, name: VolumeName, maximum_size: Optional[int] = None
-               ) -> Deferred:
+    @deferred
+    async def create(self, name: VolumeName,
+                     maximum_size: Optional[int] = None):
         dataset = self._dataset(name)
         argv = ["create", "-o", "mountpoint=" + self._mountpoint(name)]
         if maximum_size is not None:
@@ -334,123 +496,195 @@ class ZFSStoragePool:
                 raise ValueError("invalid maximum_size: %r" % (maximum_size,))
             argv += ["-o", "refquota=%d" % (maximum_size,)]
         argv += ["-o", "%s=%s" % (OWNER_PROPERTY, self.node_id),
+                 "-o", "%s=1" % (EPOCH_PROPERTY,),
                  "-o", "%s=off" % (READ_ONLY_PROPERTY,), dataset]
-        d = self._zfs_mounting(*argv)
-
-        def exists(failure):
-            failure.trap(CommandFailed)
-            if "already exists" in failure.value.stderr_text:
+        try:
+            await self._zfs_mounting(*argv)
+        except CommandFailed as e:
+            if "already exists" in e.stderr_text:
                 raise VolumeExists(name)
-            return failure
-        d.addErrback(exists)
-        d.addCallback(lambda _: self._ensure_mounted(name))
-        d.addCallback(lambda _: self.get(name))
-        d.addCallback(self._logged, "volume created")
-        return d
+            raise
+        await self._ensure_mounted(dataset)
+        volume = await self.get(name)
+        self._logged(volume, "volume created")
+        return volume
 
     def _logged(self, volume, what):
         _log.info("{what}: {volume} on {node}", what=what,
                   volume=str(volume.name), node=self.node_id)
         return volume
 
-    def _ensure_mounted(self, name: VolumeName) -> Deferred:
-        d = self._get_raw(name)
+    async def _ensure_mounted(self, dataset: str):
+        props = await self._get_dataset(dataset)
+        if props is not None and props.get("mounted") != "yes":
+            await self._zfs_after_unmount(self._zfs_mounting, "mount",
+                                          dataset)
 
-        def mount(props):
-            if props.get("mounted") == "yes":
-                return None
-            return self._zfs_mounting("mount", self._dataset(name))
-        return d.addCallback(mount)
+    async def _unmount(self, dataset: str):
+        try:
+            await self._zfs("unmount", dataset)
+        except CommandFailed as e:
+            if "not currently mounted" not in e.stderr_text:
+                raise
 
-    def snapshot(self, name: VolumeName, snapshot_name: Optional[str] = None
-                 ) -> Deferred:
+    async def _flush(self, mountpoint: str):
+        # Dirty pages still in the kernel's FUSE cache are not in the
+        # dataset yet: write them back so a snapshot holds every completed
+        # write.
+        if await self._is_mounted(mountpoint):
+            await run_process(self._reactor, ["sync", "-f", mountpoint],
+                              timeout=self.command_timeout)
+
+    @deferred
+    async def snapshot(self, name: VolumeName,
+                       snapshot_name: Optional[str] = None):
         if snapshot_name is None:
             snapshot_name = generate_snapshot_name(self._reactor.seconds())
         snapshot = Snapshot(name, snapshot_name)
-        mountpoint = self._mountpoint(name)
-
-        def flush(mounted):
-            # Dirty pages still in the kernel's FUSE cache are not in the
-            # dataset yet: write them back so the snapshot holds every
-            # completed write.
-            if mounted:
-                return run_process(self._reactor, ["sync", "-f", mountpoint],
-                                   timeout=self.command_timeout)
-            return None
-        d = self._is_mounted(mountpoint).addCallback(flush)
-        d.addCallback(lambda _: self._zfs("snapshot", self._snapshot(snapshot)))
-
-        def translate(failure):
-            failure.trap(CommandFailed)
-            stderr = failure.value.stderr_text
-            if "already exists" in stderr:
+        await self._flush(self._mountpoint(name))
+        try:
+            await self._zfs("snapshot", self._snapshot(snapshot))
+        except CommandFailed as e:
+            if "already exists" in e.stderr_text:
                 raise SnapshotExists(snapshot)
-            if "does not exist" in stderr:
+            if "does not exist" in e.stderr_text:
                 raise VolumeNotFound(name)
-            return failure
-        d.addErrback(translate)
-        return d.addCallback(lambda _: snapshot)
+            raise
+        return snapshot
 
-    @inlineCallbacks
-    def prune_snapshots(self, name: VolumeName, common: Iterable[Snapshot]):
-        local = yield self.snapshots(name)
-        doomed = snapshots_to_prune(local, common)
+    async def _destroy_snapshots(self, doomed, what):
         for snapshot in doomed:
             # One snapshot at a time and never -r/-R: nothing else can go.
-            yield self._zfs("destroy", self._snapshot(snapshot))
-            _log.info("snapshot pruned: {snapshot}", snapshot=str(snapshot))
+            await self._zfs("destroy", self._snapshot(snapshot))
+            _log.info("snapshot {what}: {snapshot}", what=what,
+                      snapshot=str(snapshot))
         return doomed
 
-    @inlineCallbacks
-    def set_read_only(self, name: VolumeName, read_only: bool):
+    @deferred
+    async def prune_snapshots(self, name: VolumeName,
+                              common: Iterable[Snapshot],
+                              *more_common: Iterable[Snapshot]):
+        local = await self.snapshots(name)
+        doomed = snapshots_to_prune(local, common, *more_common)
+        return await self._destroy_snapshots(doomed, "pruned")
+
+    @deferred
+    async def trim_snapshots(self, name: VolumeName, keep: int):
+        snapshots_to_trim([], keep)  # validates keep before anything else
+        local = await self.snapshots(name)
+        return await self._destroy_snapshots(
+            snapshots_to_trim(local, keep), "trimmed")
+
+    @deferred
+    async def set_read_only(self, name: VolumeName, read_only: bool):
         dataset = self._dataset(name)
         value = "on" if read_only else "off"
         # Order so that a crash in between reports a copy as writable
         # rather than a writable copy as read-only.
         if read_only:
-            yield self._zfs("set", "readonly=on", dataset).addErrback(
+            await self._zfs("set", "readonly=on", dataset).addErrback(
                 self._not_found(name))
-            yield self._zfs("set", "%s=on" % (READ_ONLY_PROPERTY,), dataset)
+            await self._zfs("set", "%s=on" % (READ_ONLY_PROPERTY,), dataset)
         else:
-            yield self._zfs("set", "%s=off" % (READ_ONLY_PROPERTY,),
+            await self._zfs("set", "%s=off" % (READ_ONLY_PROPERTY,),
                             dataset).addErrback(self._not_found(name))
-            yield self._zfs("set", "readonly=off", dataset)
-        volume = yield self.get(name)
+            await self._zfs("set", "readonly=off", dataset)
+        volume = await self.get(name)
         _log.info("volume {volume} read-only={value}", volume=str(name),
                   value=value)
         return volume
 
-    @inlineCallbacks
-    def discard_replica(self, name: VolumeName):
-        volume = yield self.get(name)
+    @deferred
+    async def discard_replica(self, name: VolumeName):
+        volume = await self.get(name)
         if volume.owned_by(self.node_id) or not volume.read_only:
             raise VolumeError(
                 "refusing to discard volume %s: this node's copy is %s"
                 % (name, "its live copy" if volume.owned_by(self.node_id)
                    else "writable"))
-        yield self._destroy(name)
+        await self._destroy(self._dataset(name))
         _log.info("discarded replica {volume}", volume=str(name))
 
-    @inlineCallbacks
-    def _destroy(self, name: VolumeName):
-        """Unmount and destroy a volume's dataset with its snapshots."""
+    async def _destroy(self, dataset: str):
+        """Unmount and destroy a dataset with its snapshots (-r: its
+        children; a set-aside copy is a sibling, never a child)."""
         # zfs-fuse does not unmount on destroy ("dataset is busy").
-        try:
-            yield self._zfs("unmount", self._dataset(name))
-        except CommandFailed as e:
-            if "not currently mounted" not in e.stderr_text:
-                raise
-        yield self._zfs("destroy", "-r", self._dataset(name))
+        await self._unmount(dataset)
+        await self._zfs_after_unmount(self._zfs, "destroy", "-r", dataset)
 
-    @inlineCallbacks
-    def set_owner(self, name: VolumeName, owner: str):
+    @deferred
+    async def set_owner(self, name: VolumeName, owner: str,
+                        epoch: Optional[int] = None):
         validate_node_id(owner)
-        yield self._zfs("set", "%s=%s" % (OWNER_PROPERTY, owner),
-                        self._dataset(name)).addErrback(self._not_found(name))
-        volume = yield self.get(name)
-        _log.info("volume {volume} owner={owner}", volume=str(name),
-                  owner=owner)
+        if epoch is not None:
+            validate_epoch(epoch)
+        dataset = self._dataset(name)
+        # The epoch first: a crash in between leaves the old owner with a
+        # new epoch, never a new owner with an old one.
+        if epoch is not None:
+            await self._zfs("set", "%s=%d" % (EPOCH_PROPERTY, epoch),
+                            dataset).addErrback(self._not_found(name))
+        await self._zfs("set", "%s=%s" % (OWNER_PROPERTY, owner),
+                        dataset).addErrback(self._not_found(name))
+        volume = await self.get(name)
+        _log.info("volume {volume} owner={owner} epoch={epoch}",
+                  volume=str(name), owner=owner, epoch=volume.epoch)
         return volume
+
+    # Set-aside copies -----------------------------------------------------
+
+    @deferred
+    async def set_aside(self, name: VolumeName, label: str):
+        target = self._set_aside_dataset(name, label)  # validates label
+        mountpoint = self._set_aside_mountpoint(name, label)
+        dataset = self._dataset(name)
+        await self._get_raw(name)  # VolumeNotFound
+        if await self._get_dataset(target) is not None:
+            raise VolumeError(
+                "volume %s already has a set-aside copy labelled %r: "
+                "choose another label" % (name, label))
+        try:
+            # Pin the exact data first.
+            await self.snapshot(name, SET_ASIDE_SNAPSHOT_PREFIX + label)
+        except SnapshotExists:
+            pass  # pinned by an attempt that stopped half way
+        try:
+            await self._zfs("set", "%s=%.6f" % (
+                SET_ASIDE_PROPERTY, self._reactor.seconds()), dataset)
+            await self._zfs("set", "readonly=on", dataset)
+            await self._zfs("set", "%s=on" % (READ_ONLY_PROPERTY,), dataset)
+            # Unmounted and given its new mountpoint before the rename: a
+            # crash at any point never leaves two datasets claiming one
+            # mountpoint, and the renamed dataset is never mounted at the
+            # volume's path.
+            await self._unmount(dataset)
+            await self._zfs_mounting("set", "mountpoint=" + mountpoint,
+                                     dataset)
+            await self._zfs_after_unmount(
+                self._zfs_mounting, "rename", dataset, target)
+            await self._ensure_mounted(target)
+            props = await self._get_dataset(target) or {}
+        except CommandFailed as e:
+            raise VolumeError("setting volume %s aside as %r failed: %s"
+                              % (name, label, _detail(e)))
+        result = self._set_aside(name, label, props)
+        _log.info("volume {volume} set aside as {label} on {node} "
+                  "({size} bytes, owner {owner}, epoch {epoch})",
+                  volume=str(name), label=label, node=self.node_id,
+                  size=result.referenced, owner=result.owner,
+                  epoch=result.epoch)
+        return result
+
+    @deferred
+    async def discard_set_aside(self, name: VolumeName, label: str):
+        target = self._set_aside_dataset(name, label)
+        if await self._get_dataset(target) is None:
+            raise VolumeError(
+                "there is no set-aside copy %r of volume %s on %s"
+                % (label, name, self.node_id))
+        await self._destroy(target)
+        _log.info("discarded set-aside copy {label} of volume {volume} on "
+                  "{node}", label=label, volume=str(name), node=self.node_id)
 
     # Streams --------------------------------------------------------------
 
@@ -469,20 +703,26 @@ class ZFSStoragePool:
 
     def receive(self, name: VolumeName):
         self._dataset(name)
-        return _ZFSReceiveStream(self, name)
+        stream = _ZFSReceiveStream(self, name)
+        stream.start()
+        return stream
 
-    @inlineCallbacks
-    def _receive_check(self, name: VolumeName):
-        """Fire with whether the volume exists; refuse one owned here."""
+    @deferred
+    async def _receive_check(self, name: VolumeName):
+        """
+        Refuse a volume owned here; fire with (whether a replica set up as
+        one exists, its newest snapshot or None).
+        """
         try:
-            volume = yield self.get(name)
+            volume = await self.get(name)
         except VolumeNotFound:
-            return False
+            return False, None
         if volume.owned_by(self.node_id):
             raise _Refused(
                 "this node owns volume %r (its writable copy); a volume is "
                 "only ever received into a replica" % (str(name),))
-        if not (yield self.snapshots(name)):
+        snapshots = await self.snapshots(name)
+        if not snapshots:
             # Debris of a full receive that was cut (zfs-fuse leaves the new
             # dataset behind when zfs recv is killed): no snapshot, so
             # nothing was ever received into it and nobody's data is in it.
@@ -490,42 +730,42 @@ class ZFSStoragePool:
             # and no read-only flag.
             _log.warn("discarding {volume}: a copy with no snapshot, left "
                       "by an interrupted receive", volume=str(name))
-            yield self._destroy(name)
-            return False
+            await self._destroy(self._dataset(name))
+            return False, None
         # Receive into an unmounted replica and mount it again afterwards:
         # a mounted one would go on showing the kernel's cached pages of
         # the old contents, not what was received.
-        if (yield self._is_mounted(self._mountpoint(name))):
-            yield self._zfs("unmount", self._dataset(name))
+        if await self._is_mounted(self._mountpoint(name)):
+            await self._zfs("unmount", self._dataset(name))
         # A replica set up elsewhere or not at all (a receive that finished
         # after it was reported failed) is set up like a new one afterwards.
         return (volume.mountpoint == self._mountpoint(name)
-                and volume.read_only)
+                and volume.read_only), snapshots[-1]
 
-    @inlineCallbacks
-    def _after_receive(self, name: VolumeName, existed: bool):
+    @deferred
+    async def _after_receive(self, name: VolumeName, existed: bool):
         dataset = self._dataset(name)
         if not existed:
             # A new replica (or one not set up as one): read-only before it
             # is mounted again.
-            yield self._zfs("set", "readonly=on", dataset)
-            yield self._zfs("set", "%s=on" % (READ_ONLY_PROPERTY,), dataset)
-            yield self._zfs_mounting(
+            await self._zfs("set", "readonly=on", dataset)
+            await self._zfs("set", "%s=on" % (READ_ONLY_PROPERTY,), dataset)
+            await self._zfs_mounting(
                 "set", "mountpoint=" + self._mountpoint(name), dataset)
-        yield self._ensure_mounted(name)
-        snapshots = yield self.snapshots(name)
+        await self._ensure_mounted(dataset)
+        snapshots = await self.snapshots(name)
         return snapshots[-1]
 
-    @inlineCallbacks
-    def _state_after_failure(self, name: VolumeName):
+    @deferred
+    async def _state_after_failure(self, name: VolumeName):
         """Fire with (exists, newest snapshot or None)."""
         try:
-            snapshots = yield self.snapshots(name)
+            snapshots = await self.snapshots(name)
         except VolumeNotFound:
             return False, None
         # It was unmounted for the receive: mount it again as it was.
         try:
-            yield self._ensure_mounted(name)
+            await self._ensure_mounted(self._dataset(name))
         except CommandFailed as e:
             _log.warn("volume {volume} could not be mounted again: {error}",
                       volume=str(name), error=str(e))
@@ -641,10 +881,10 @@ class _ZFSSendStream(ProcessProtocol):
     process has exited and the pipe reached end of file.
     """
 
-    def __init__(self, snapshot, base, consumer):
+    def __init__(self, snapshot, base, consumer) -> None:
         self.snapshot = snapshot
         self.base = base
-        self.done = Deferred()
+        self.done: Deferred[int] = Deferred()
         self.bytes_sent = 0
         self._consumer = consumer
         self._stderr = _Stderr()
@@ -657,22 +897,37 @@ class _ZFSSendStream(ProcessProtocol):
         self._reader = None
 
     def start(self, reactor, argv):
+        """Start ``zfs send``; a failure to start fails ``done``."""
         self._reactor = reactor
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        _grow_pipe(read_fd)
         try:
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            return self._not_started(e)
+        try:
+            _grow_pipe(read_fd)
             reactor.spawnProcess(self, _which(argv[0]), list(argv),
                                  env=_default_env(),
                                  childFDs={0: "w", 1: write_fd, 2: "r"})
-        except BaseException:
+        except Exception as e:
             os.close(read_fd)
-            raise
+            return self._not_started(e)
         finally:
             os.close(write_fd)
         self._reader = _PipeReader(reactor, read_fd, self._data,
                                    self._pipe_ended)
         self._reader.startReading()
         self._consumer.registerProducer(self, True)
+
+    def _not_started(self, error):
+        # Ended before it began, yet registered and unregistered like any
+        # stream, so the consumer's life cycle is the same.
+        self._ended = True
+        self._eof = True
+        self._consumer.registerProducer(self, True)
+        self._consumer.unregisterProducer()
+        self.done.errback(SendFailed(
+            self.snapshot, self.base,
+            "zfs send could not be started: %s" % (error,)))
 
     def connectionMade(self):
         self.transport.closeStdin()
@@ -691,11 +946,11 @@ class _ZFSSendStream(ProcessProtocol):
         self._stderr.add(data)
 
     def pauseProducing(self):
-        if not self._eof:
+        if not self._eof and self._reader is not None:
             self._reader.stopReading()
 
     def resumeProducing(self):
-        if not self._eof and not self._stopped:
+        if not self._eof and not self._stopped and self._reader is not None:
             self._reader.startReading()
 
     def stopProducing(self):
@@ -739,26 +994,34 @@ class _ZFSReceiveStream(ProcessProtocol):
     to the process's stdin writer, which pauses it while the pipe is full
     and resumes it when it drains.  Until the pre-check (does the volume
     exist, is it ours) is done the producer is paused and early writes are
-    held.
+    held.  Making one starts nothing: ``start()`` (called by the pool's
+    ``receive``) does, and every failure from then on fails ``done``.
     """
 
     def __init__(self, pool: ZFSStoragePool, name: VolumeName):
-        self.done = Deferred()
+        self.done: Deferred[Snapshot] = Deferred()
         self.bytes_received = 0
         self._pool = pool
         self._name = name
         self._state = "checking"  # -> "running" -> "ended"
-        self._pending = []
+        self._pending: list = []
         self._producer = None
         self._streaming = True
         self._paused_by_us = False
         self._finishing = False
         self._aborted = None
         self._existed = None
+        self._newest_before = None
         self._killer = None
         self._cut = False
+        self._failing = False
         self._stderr = _Stderr()
-        pool._receive_check(name).addCallbacks(self._start, self._refused)
+
+    def start(self):
+        """Check the volume, then start ``zfs recv``."""
+        d = maybeDeferred(self._pool._receive_check, self._name)
+        d.addCallbacks(self._start, self._refused)
+        d.addErrback(self._start_failed)
 
     # IConsumer ----------------------------------------------------------
 
@@ -828,14 +1091,14 @@ class _ZFSReceiveStream(ProcessProtocol):
             producer.stopProducing()
         self._fail(detail)
 
-    def _start(self, existed):
-        self._existed = existed
+    def _start(self, checked):
+        self._existed, self._newest_before = checked
         if self._aborted is not None:
             self._state = "ended"
             return self._fail(self._aborted)
-        self._state = "running"
         _spawn(self._pool._reactor, self,
                ["zfs", "recv", "-u", self._pool._dataset(self._name)])
+        self._state = "running"
         stdin = self.transport.pipes[0]
         _grow_pipe(stdin.fileno())
         # Pause the producer only when a pipe's worth is waiting, not after
@@ -851,6 +1114,26 @@ class _ZFSReceiveStream(ProcessProtocol):
                 self._producer.resumeProducing()
         if self._finishing:
             self.transport.closeStdin()
+
+    def _start_failed(self, failure):
+        """Starting the receive (or refusing it) raised."""
+        detail = "zfs recv could not be started: %s" % (_detail(failure),)
+        if self._state == "running":
+            # zfs recv runs but was not fed properly: cut it; its end
+            # reports the failure.
+            if self._aborted is None:
+                self._aborted = detail
+            self._cut_stdin()
+            if self._killer is None:
+                self._killer = _kill_later(self._pool._reactor,
+                                           self.transport)
+            return
+        self._state = "ended"
+        self._pending = []
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            producer.stopProducing()
+        self._fail(detail)
 
     def _cut_stdin(self):
         self._cut = True
@@ -879,16 +1162,18 @@ class _ZFSReceiveStream(ProcessProtocol):
             self._killer.cancel()
         if reason.check(ProcessDone):
             # zfs recv accepted a whole stream, even if it was cut after.
-            d = self._pool._after_receive(self._name, self._existed)
-            d.addCallbacks(self._received, self._post_receive_failed)
-            return
+            return self._set_up()
         said = self._stderr.text()
         if self._aborted is not None:
             detail = self._aborted + (" (zfs recv: %s)" % (said,) if said
                                       else "")
         else:
             detail = said or "zfs recv " + _how_ended(reason)
-        self._fail(detail)
+        self._fail(detail, ran=True)
+
+    def _set_up(self):
+        d = self._pool._after_receive(self._name, self._existed)
+        d.addCallbacks(self._received, self._post_receive_failed)
 
     def _received(self, snapshot):
         _log.info("received {snapshot} ({size} bytes) on {node}",
@@ -901,12 +1186,26 @@ class _ZFSReceiveStream(ProcessProtocol):
             "volume %r was received but setting it up failed: %s" % (
                 str(self._name), _detail(failure))))
 
-    def _fail(self, detail):
+    def _fail(self, detail, ran=False):
+        """Report the failure; ``ran``: zfs recv ran and failed."""
+        if self._failing or self.done.called:
+            return
+        self._failing = True
         # Report what is really there now, not what we expected.
-        d = self._pool._state_after_failure(self._name)
+        d = maybeDeferred(self._pool._state_after_failure, self._name)
 
         def report(state):
             exists, previous = state
+            if ran and previous is not None and (
+                    previous != self._newest_before):
+                # The stream's snapshot is there: zfs recv failed after it
+                # committed the stream.  Seen with zfs-fuse, "I/O error"
+                # on an incremental receive into a replica it was still
+                # releasing after the unmount for this receive.
+                _log.warn("zfs recv said {detail}, but {snapshot} was "
+                          "received on {node}", detail=detail,
+                          snapshot=str(previous), node=self._pool.node_id)
+                return self._set_up()
             error = ReceiveFailed(self._name, detail, previous, exists)
             _log.warn("{error}", error=str(error))
             self.done.errback(error)
@@ -916,3 +1215,6 @@ class _ZFSReceiveStream(ProcessProtocol):
                 "receiving volume %r failed: %s; its state could not be "
                 "read: %s" % (str(self._name), detail, _detail(failure))))
         d.addCallbacks(report, unknown)
+        d.addErrback(lambda failure: _log.failure(
+            "reporting a failed receive of {volume}", failure,
+            volume=str(self._name)))

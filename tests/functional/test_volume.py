@@ -5,6 +5,7 @@ stream plumbing at scale, and the 1 GiB acceptance transfer.  Root only.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -20,7 +21,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from flocker_async._process import run_process
-from flocker_async.volume import VolumeName, ZFSStoragePool, copy_snapshot
+from flocker_async.volume import (
+    EPOCH_PROPERTY,
+    OWNER_PROPERTY,
+    READ_ONLY_PROPERTY,
+    SET_ASIDE_PROPERTY,
+    VolumeName,
+    ZFSStoragePool,
+    copy_snapshot,
+)
 
 from ..testtools import zfs as zfs_fixture
 from ..testtools.netns import require_root
@@ -31,8 +40,10 @@ from ..testtools.zfs import make_zfs_pool
 def make_zfs_storage_pool(test_case, node_id, size=512 << 20):
     require_root(test_case)
     zpool = make_zfs_pool(test_case, size)
-    return ZFSStoragePool(reactor, zpool.name, zpool.mountpoint + "/volumes",
+    pool = ZFSStoragePool(reactor, zpool.name, zpool.mountpoint + "/volumes",
                           node_id)
+    test_case.addCleanup(pool.close)
+    return pool
 
 
 def reopen_zfs_storage_pool(pool):
@@ -51,6 +62,60 @@ class ZFSStoragePoolTests(make_istoragepool_tests(StoragePoolFixture(
         make_pool=make_zfs_storage_pool, reopen=reopen_zfs_storage_pool,
         write_file=write_zfs_file))):
     """ZFSStoragePool keeps the contract on real pools."""
+
+
+def _zfs_output(*argv):
+    return subprocess.run(("zfs",) + argv, capture_output=True, check=True,
+                          timeout=60).stdout.decode()
+
+
+class ZFSPropertiesTests(TestCase):
+    """What the ZFS pool records, as zfs itself shows it."""
+
+    def setUp(self):
+        self.pool = make_zfs_storage_pool(self, "node-a")
+        self.name = VolumeName("db")
+
+    async def test_epoch_property(self):
+        """The epoch is the user property org.flocker-async:epoch."""
+        await self.pool.create(self.name)
+        dataset = self.pool._dataset(self.name)
+        self.assertEqual(_zfs_output(
+            "get", "-H", "-o", "value", EPOCH_PROPERTY, dataset), "1\n")
+        await self.pool.set_owner(self.name, "node-b", epoch=12)
+        self.assertEqual(_zfs_output(
+            "get", "-H", "-o", "value", "%s,%s" % (EPOCH_PROPERTY,
+                                                   OWNER_PROPERTY),
+            dataset), "12\nnode-b\n")
+
+    async def test_set_aside_dataset(self):
+        """A set-aside copy is the dataset <root>/<name>.set-aside.<label>
+        with its snapshot set-aside-<label>, read-only and mounted
+        read-only at its mountpoint; writes fail with EROFS."""
+        volume = await self.pool.create(self.name)
+        with open(os.path.join(volume.mountpoint, "kept"), "wb") as f:
+            f.write(b"diverged data")
+        aside = await self.pool.set_aside(self.name, "t1")
+        dataset = "%s/db.set-aside.t1" % (self.pool.root_dataset,)
+        self.assertEqual(
+            _zfs_output("list", "-H", "-t", "snapshot", "-o", "name", "-r",
+                        dataset).split(),
+            [dataset + "@set-aside-t1"])
+        # zfs-fuse shows readonly as "off (temporary)" once mounted: the
+        # pool's mirror of it, and a write, say what it is.
+        self.assertEqual(_zfs_output(
+            "get", "-H", "-o", "value", "mountpoint,%s,%s" % (
+                READ_ONLY_PROPERTY, SET_ASIDE_PROPERTY), dataset).split(),
+            [aside.mountpoint, "on", "%.6f" % (aside.created,)])
+        self.assertTrue(os.path.ismount(aside.mountpoint))
+        error = self.assertRaises(
+            OSError, open, os.path.join(aside.mountpoint, "new"), "wb")
+        self.assertEqual(error.errno, errno.EROFS)
+        with open(os.path.join(aside.mountpoint, "kept"), "rb") as f:
+            self.assertEqual(f.read(), b"diverged data")
+        await self.pool.discard_set_aside(self.name, "t1")
+        self.assertNotIn(dataset, _zfs_output(
+            "list", "-H", "-o", "name", "-r", self.pool.root_dataset))
 
 
 def _rss_kib(field="VmRSS"):

@@ -90,9 +90,11 @@ class ConcurrentMountTests(TestCase):
         pools = []
         for node, lock in zip(("10.0.0.1", "10.0.0.2"), lock_paths):
             zpool = make_zfs_pool(self)
-            pools.append(ZFSStoragePool(reactor, zpool.name,
-                                        zpool.mountpoint + "/volumes", node,
-                                        mount_lock=lock))
+            pool = ZFSStoragePool(reactor, zpool.name,
+                                  zpool.mountpoint + "/volumes", node,
+                                  mount_lock=lock)
+            self.addCleanup(pool.close)
+            pools.append(pool)
         return pools
 
     @inlineCallbacks

@@ -28,6 +28,7 @@ from flocker_async.volume import (
     InvalidName,
     ReceiveFailed,
     SendFailed,
+    SetAside,
     Snapshot,
     SnapshotExists,
     VolumeError,
@@ -332,16 +333,235 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
 
         @inlineCallbacks
         def test_recorded_on_disk(self):
-            """Owner, read-only flag and snapshots survive a restart."""
+            """Owner, epoch, read-only flag and snapshots survive a
+            restart."""
             yield self.pool.create(self.name, maximum_size=32 << 20)
             yield self.pool.snapshot(self.name, "s1")
-            yield self.pool.set_owner(self.name, "node-b")
+            yield self.pool.set_owner(self.name, "node-b", epoch=7)
             before = yield self.pool.set_read_only(self.name, True)
+            self.assertEqual((before.owner, before.epoch), ("node-b", 7))
             reopened = fixture.reopen(self.pool)
+            self.addCleanup(reopened.close)
             after = yield reopened.get(self.name)
             self.assertEqual(after, before)
             snapshots = yield reopened.snapshots(self.name)
             self.assertEqual(snapshots, [Snapshot(self.name, "s1")])
+
+        # Ownership epochs ---------------------------------------------------
+
+        async def test_create_records_epoch_one(self):
+            """A new volume has epoch 1."""
+            volume = await self.pool.create(self.name)
+            self.assertEqual(volume.epoch, 1)
+            self.assertEqual((await self.pool.get(self.name)).epoch, 1)
+            [listed] = await self.pool.enumerate()
+            self.assertEqual(listed.epoch, 1)
+
+        async def test_set_owner_with_epoch(self):
+            """``set_owner`` records the epoch when given one, and leaves
+            it as it is when not."""
+            await self.pool.create(self.name)
+            volume = await self.pool.set_owner(self.name, "node-b", epoch=2)
+            self.assertEqual((volume.owner, volume.epoch), ("node-b", 2))
+            volume = await self.pool.set_owner(self.name, "node-a")
+            self.assertEqual((volume.owner, volume.epoch), ("node-a", 2))
+            volume = await self.pool.set_owner(self.name, "node-a", 3)
+            self.assertEqual(await self.pool.get(self.name), volume)
+            self.assertEqual(volume.epoch, 3)
+
+        async def test_set_owner_invalid_epoch(self):
+            """An epoch that is not a positive int is refused and nothing
+            changes."""
+            await self.pool.create(self.name)
+            for bad in (0, -1, True, 1.5, "3", 2 ** 64 * 0.5):
+                await self.assertFailure(
+                    self.pool.set_owner(self.name, "node-b", epoch=bad),
+                    ValueError)
+            volume = await self.pool.get(self.name)
+            self.assertEqual((volume.owner, volume.epoch), ("node-a", 1))
+            await self.assertFailure(
+                self.pool.set_owner(VolumeName("nope"), "node-b", epoch=2),
+                VolumeNotFound)
+
+        async def test_received_replica_has_no_owner_or_epoch(self):
+            """A stream carries no owner or epoch: a new replica has owner
+            None and epoch 0 until ``set_owner``; an existing copy keeps
+            what was recorded on it."""
+            await self.volume_with_data()
+            await self.pool.set_owner(self.name, "node-a", epoch=5)
+            s1 = await self.pool.snapshot(self.name, "s1")
+            target = self.other_pool()
+            await copy_snapshot(self.pool, s1, target)
+            replica = await target.get(self.name)
+            self.assertEqual((replica.owner, replica.epoch), (None, 0))
+            await target.set_owner(self.name, "node-a", epoch=5)
+            self.write(self.pool, "more", b"after s1")
+            s2 = await self.pool.snapshot(self.name, "s2")
+            await self.pool.set_owner(self.name, "node-a", epoch=6)
+            await copy_snapshot(self.pool, s2, target, base=s1)
+            replica = await target.get(self.name)
+            self.assertEqual((replica.owner, replica.epoch), ("node-a", 5))
+
+        # Set-aside copies ---------------------------------------------------
+
+        async def set_aside_with_data(self, pool=None, label="diverged"):
+            """A volume with data, set aside; returns (SetAside, files)."""
+            pool = pool or self.pool
+            volume = await self.volume_with_data(pool)
+            files = read_tree(volume.mountpoint)
+            before = reactor.seconds()
+            aside = await pool.set_aside(self.name, label)
+            self.assertTrue(before <= aside.created <= reactor.seconds())
+            return aside, files
+
+        async def test_set_aside(self):
+            """The copy leaves the volume namespace with all its data, read
+            at its own mountpoint, and is listed with owner, epoch, size and
+            time."""
+            await self.volume_with_data()
+            await self.pool.set_owner(self.name, "node-a", epoch=3)
+            files = read_tree((await self.pool.get(self.name)).mountpoint)
+            before = reactor.seconds()
+            aside = await self.pool.set_aside(self.name, "diverged-1_x")
+            after = reactor.seconds()
+            self.assertIsInstance(aside, SetAside)
+            self.assertEqual(
+                (aside.volume, aside.label, aside.owner, aside.epoch,
+                 aside.mountpoint),
+                (self.name, "diverged-1_x", "node-a", 3,
+                 os.path.join(self.pool.mount_root,
+                              "mysql.set-aside.diverged-1_x")))
+            self.assertTrue(before <= aside.created <= after)
+            self.assertGreaterEqual(aside.referenced, 200 * 1024)
+            self.assertEqual(read_tree(aside.mountpoint), files)
+            await self.assertFailure(self.pool.get(self.name), VolumeNotFound)
+            await self.assertFailure(self.pool.snapshots(self.name),
+                                     VolumeNotFound)
+            self.assertEqual(await self.pool.enumerate(), [])
+            self.assertEqual(await self.pool.owned_volumes(), [])
+            self.assertEqual(await self.pool.replicas(), [])
+            self.assertEqual(await self.pool.set_asides(), [aside])
+
+        async def test_set_aside_then_new_copy(self):
+            """After a set-aside a new copy is created under the name; the
+            set-aside one keeps its data."""
+            aside, files = await self.set_aside_with_data()
+            volume = await self.pool.create(self.name)
+            self.assertEqual(read_tree(volume.mountpoint), {})
+            self.write(self.pool, "new.txt", b"the new copy")
+            self.assertEqual(read_tree(aside.mountpoint), files)
+            self.assertEqual(read_tree(volume.mountpoint),
+                             {"new.txt": b"the new copy"})
+            self.assertEqual([v.name for v in await self.pool.enumerate()],
+                             [self.name])
+            self.assertEqual(await self.pool.set_asides(), [aside])
+
+        async def test_set_aside_then_receive(self):
+            """A diverged replica set aside makes room for a full copy of
+            the owner's lineage; set-aside data survives discarding that
+            replica, pruning and trimming."""
+            source = self.other_pool("node-b")
+            await self.volume_with_data(source)
+            self.write(source, "lineage", b"the owner's")
+            s1 = await source.snapshot(self.name, "flocker-s1")
+            await copy_snapshot(source, s1, self.pool)
+            await self.pool.set_read_only(self.name, False)
+            self.write(self.pool, "local-only", b"written here, diverged")
+            files = read_tree((await self.pool.get(self.name)).mountpoint)
+            aside = await self.pool.set_aside(self.name, "diverged")
+            self.assertEqual((aside.owner, aside.epoch), (None, 0))
+            s2 = await source.snapshot(self.name, "flocker-s2")
+            received = await copy_snapshot(source, s2, self.pool)
+            self.assertEqual(received, s2)
+            replica = await self.pool.get(self.name)
+            self.assertNotIn("local-only", read_tree(replica.mountpoint))
+            s3 = await source.snapshot(self.name, "flocker-s3")
+            await copy_snapshot(source, s3, self.pool, base=s2)
+            await self.pool.trim_snapshots(self.name, 1)
+            await self.pool.prune_snapshots(
+                self.name, await source.snapshots(self.name))
+            await self.pool.discard_replica(self.name)
+            self.assertEqual(await self.pool.set_asides(), [aside])
+            self.assertEqual(read_tree(aside.mountpoint), files)
+
+        async def test_set_aside_invalid_label(self):
+            """Labels are 1-64 of [A-Za-z0-9_-]; nothing else is taken and
+            the volume stays."""
+            await self.volume_with_data()
+            for bad in ("", "a.b", "a/b", "a b", "x" * 65, "a@b", "é", None):
+                await self.assertFailure(
+                    self.pool.set_aside(self.name, bad), InvalidName)
+            await self.pool.get(self.name)
+            self.assertEqual(await self.pool.set_asides(), [])
+            aside = await self.pool.set_aside(self.name, "x" * 64)
+            self.assertEqual(aside.label, "x" * 64)
+
+        async def test_set_aside_missing(self):
+            await self.assertFailure(
+                self.pool.set_aside(self.name, "label"), VolumeNotFound)
+
+        async def test_set_aside_label_taken(self):
+            """A label already set aside for this volume is refused; the
+            new copy stays as it is."""
+            aside, files = await self.set_aside_with_data()
+            await self.pool.create(self.name)
+            self.write(self.pool, "new.txt", b"new")
+            error = await self.assertFailure(
+                self.pool.set_aside(self.name, "diverged"), VolumeError)
+            self.assertIn("diverged", str(error))
+            volume = await self.pool.get(self.name)
+            self.assertEqual(read_tree(volume.mountpoint),
+                             {"new.txt": b"new"})
+            self.assertEqual(await self.pool.set_asides(), [aside])
+            self.assertEqual(read_tree(aside.mountpoint), files)
+
+        async def test_set_asides_oldest_first(self):
+            """Every set-aside copy of the pool, oldest first, also after a
+            restart."""
+            web = VolumeName("web")
+            await self.pool.create(web)
+            first = await self.pool.set_aside(web, "zz")
+            await self.pool.create(self.name)
+            second = await self.pool.set_aside(self.name, "aa")
+            await self.pool.create(self.name)
+            third = await self.pool.set_aside(self.name, "mm")
+            self.assertEqual(await self.pool.set_asides(),
+                             [first, second, third])
+            reopened = fixture.reopen(self.pool)
+            self.addCleanup(reopened.close)
+            self.assertEqual(await reopened.set_asides(),
+                             [first, second, third])
+
+        async def test_discard_set_aside(self):
+            """An operator's discard removes the set-aside copy; the volume
+            of the same name is untouched; a second discard fails."""
+            aside, files = await self.set_aside_with_data()
+            await self.pool.create(self.name)
+            self.write(self.pool, "new.txt", b"new")
+            self.assertIsNone(
+                await self.pool.discard_set_aside(self.name, "diverged"))
+            self.assertEqual(await self.pool.set_asides(), [])
+            volume = await self.pool.get(self.name)
+            self.assertEqual(read_tree(volume.mountpoint),
+                             {"new.txt": b"new"})
+            error = await self.assertFailure(
+                self.pool.discard_set_aside(self.name, "diverged"),
+                VolumeError)
+            self.assertIn("diverged", str(error))
+            await self.assertFailure(
+                self.pool.discard_set_aside(self.name, "a.b"), InvalidName)
+            # The label is free again.
+            again = await self.pool.set_aside(self.name, "diverged")
+            self.assertEqual(read_tree(again.mountpoint),
+                             {"new.txt": b"new"})
+
+        async def test_close(self):
+            """``close`` returns None; the pool works on afterwards."""
+            await self.pool.create(self.name)
+            self.assertIsNone(self.pool.close())
+            await self.pool.snapshot(self.name, "s1")
+            self.assertIsNone(self.pool.close())
+            self.assertIsNone(self.pool.close())
 
         # Snapshots ----------------------------------------------------------
 
@@ -382,45 +602,143 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             yield self.assertFailure(
                 self.pool.snapshots(self.name), VolumeNotFound)
 
-        @inlineCallbacks
-        def test_prune_keeps_newest_common(self):
+        # Pruning and trimming: only generated snapshots (``flocker-...``,
+        # as ``snapshot`` names them) ever go.
+
+        def snaps(self, *names):
+            return [Snapshot(self.name, n) for n in names]
+
+        async def take(self, *names):
+            for name in names:
+                await self.pool.snapshot(self.name, name)
+
+        async def snapshot_names(self, pool=None):
+            return [s.name for s in
+                    await (pool or self.pool).snapshots(self.name)]
+
+        async def test_prune_keeps_newest_common(self):
             """Snapshots older than the newest common one go; it and the
             newer ones stay, and so does the data."""
-            yield self.volume_with_data()
-            for name in ("s1", "s2", "s3", "s4"):
-                yield self.pool.snapshot(self.name, name)
-            peer = [Snapshot(self.name, n) for n in ("s0", "s1", "s2", "s9")]
-            destroyed = yield self.pool.prune_snapshots(self.name, peer)
-            self.assertEqual([s.name for s in destroyed], ["s1"])
-            left = yield self.pool.snapshots(self.name)
-            self.assertEqual([s.name for s in left], ["s2", "s3", "s4"])
-            volume = yield self.pool.get(self.name)
+            await self.volume_with_data()
+            await self.take("flocker-s1", "flocker-s2", "flocker-s3",
+                            "flocker-s4")
+            peer = self.snaps("flocker-s0", "flocker-s1", "flocker-s2",
+                              "flocker-s9")
+            destroyed = await self.pool.prune_snapshots(self.name, peer)
+            self.assertEqual(destroyed, self.snaps("flocker-s1"))
+            self.assertEqual(await self.snapshot_names(),
+                             ["flocker-s2", "flocker-s3", "flocker-s4"])
+            volume = await self.pool.get(self.name)
             self.assertEqual(read_tree(volume.mountpoint)["sub/dir/note.txt"],
                              b"hello")
 
-        @inlineCallbacks
-        def test_prune_nothing_common(self):
+        async def test_prune_nothing_common(self):
             """With no snapshot in common nothing is destroyed."""
-            yield self.pool.create(self.name)
-            yield self.pool.snapshot(self.name, "s1")
-            yield self.pool.snapshot(self.name, "s2")
-            destroyed = yield self.pool.prune_snapshots(
-                self.name, [Snapshot(self.name, "other")])
+            await self.pool.create(self.name)
+            await self.take("flocker-s1", "flocker-s2")
+            destroyed = await self.pool.prune_snapshots(
+                self.name, self.snaps("flocker-other"))
             self.assertEqual(destroyed, [])
-            left = yield self.pool.snapshots(self.name)
-            self.assertEqual([s.name for s in left], ["s1", "s2"])
+            self.assertEqual(await self.snapshot_names(),
+                             ["flocker-s1", "flocker-s2"])
 
-        @inlineCallbacks
-        def test_prune_newest_is_common(self):
+        async def test_prune_newest_is_common(self):
             """When the newest snapshot is the common one, it alone stays."""
-            yield self.pool.create(self.name)
-            for name in ("s1", "s2", "s3"):
-                yield self.pool.snapshot(self.name, name)
-            destroyed = yield self.pool.prune_snapshots(
-                self.name, [Snapshot(self.name, "s3")])
-            self.assertEqual([s.name for s in destroyed], ["s1", "s2"])
-            left = yield self.pool.snapshots(self.name)
-            self.assertEqual(left, [Snapshot(self.name, "s3")])
+            await self.pool.create(self.name)
+            await self.take("flocker-s1", "flocker-s2", "flocker-s3")
+            destroyed = await self.pool.prune_snapshots(
+                self.name, self.snaps("flocker-s3"))
+            self.assertEqual(destroyed,
+                             self.snaps("flocker-s1", "flocker-s2"))
+            self.assertEqual(await self.snapshot_names(), ["flocker-s3"])
+
+        async def test_prune_generated_names(self):
+            """Snapshots taken without a name are generated: they are
+            pruned."""
+            await self.pool.create(self.name)
+            first = await self.pool.snapshot(self.name)
+            second = await self.pool.snapshot(self.name)
+            destroyed = await self.pool.prune_snapshots(self.name, [second])
+            self.assertEqual(destroyed, [first])
+
+        async def test_prune_never_other_snapshots(self):
+            """Snapshots we did not generate (a user's own) are never
+            pruned, though they count as common."""
+            await self.pool.create(self.name)
+            await self.take("flocker-s1", "users-own", "flocker-s2",
+                            "before-upgrade", "flocker-s3")
+            destroyed = await self.pool.prune_snapshots(
+                self.name, self.snaps("before-upgrade", "flocker-s3"))
+            self.assertEqual(destroyed,
+                             self.snaps("flocker-s1", "flocker-s2"))
+            self.assertEqual(await self.snapshot_names(),
+                             ["users-own", "before-upgrade", "flocker-s3"])
+
+        async def test_prune_several_peers(self):
+            """With several peers, what stays starts at the oldest of their
+            newest common snapshots; a peer sharing nothing does not
+            count."""
+            await self.pool.create(self.name)
+            await self.take("flocker-s1", "flocker-s2", "flocker-s3",
+                            "flocker-s4", "flocker-s5")
+            destroyed = await self.pool.prune_snapshots(
+                self.name, self.snaps("flocker-s1", "flocker-s4"),
+                self.snaps("flocker-s3"), self.snaps("flocker-s9"),
+                self.snaps("flocker-s2", "flocker-s5"))
+            self.assertEqual(destroyed,
+                             self.snaps("flocker-s1", "flocker-s2"))
+            self.assertEqual(await self.snapshot_names(),
+                             ["flocker-s3", "flocker-s4", "flocker-s5"])
+
+        async def test_trim_snapshots(self):
+            """All but the newest ``keep`` generated snapshots go; others
+            neither go nor count."""
+            await self.volume_with_data()
+            await self.take("flocker-s1", "users-own", "flocker-s2",
+                            "flocker-s3", "flocker-s4")
+            destroyed = await self.pool.trim_snapshots(self.name, 2)
+            self.assertEqual(destroyed,
+                             self.snaps("flocker-s1", "flocker-s2"))
+            self.assertEqual(await self.snapshot_names(),
+                             ["users-own", "flocker-s3", "flocker-s4"])
+            destroyed = await self.pool.trim_snapshots(self.name, 1)
+            self.assertEqual(destroyed, self.snaps("flocker-s3"))
+            self.assertEqual(await self.pool.trim_snapshots(self.name, 5), [])
+            volume = await self.pool.get(self.name)
+            self.assertEqual(read_tree(volume.mountpoint)["sub/dir/note.txt"],
+                             b"hello")
+
+        async def test_trim_snapshots_invalid(self):
+            """``keep`` is at least 1; a missing volume is VolumeNotFound."""
+            await self.pool.create(self.name)
+            await self.take("flocker-s1")
+            for bad in (0, -1, None, 1.5):
+                await self.assertFailure(
+                    self.pool.trim_snapshots(self.name, bad), ValueError)
+            self.assertEqual(await self.snapshot_names(), ["flocker-s1"])
+            await self.assertFailure(
+                self.pool.trim_snapshots(VolumeName("nope"), 1),
+                VolumeNotFound)
+
+        async def test_trim_keeps_replica_receiving(self):
+            """A standby trimmed to its newest snapshot after each receive
+            still takes the next increment."""
+            await self.volume_with_data()
+            target = self.other_pool()
+            previous = None
+            for i in range(3):
+                self.write(self.pool, "round", b"%d" % (i,))
+                snapshot = await self.pool.snapshot(self.name)
+                await copy_snapshot(self.pool, snapshot, target,
+                                    base=previous)
+                await target.trim_snapshots(self.name, 1)
+                await self.pool.prune_snapshots(
+                    self.name, await target.snapshots(self.name))
+                previous = snapshot
+            self.assertEqual(await target.snapshots(self.name), [previous])
+            self.assertEqual(await self.pool.snapshots(self.name), [previous])
+            replica = await target.get(self.name)
+            self.assertEqual(read_tree(replica.mountpoint)["round"], b"2")
 
         # Send and receive ---------------------------------------------------
 
@@ -533,14 +851,21 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
         @inlineCallbacks
         def assert_unchanged_after(self, target, failing, previous,
                                    exists=True, before=None):
-            """``failing`` fails with ReceiveFailed saying the copy is at
-            ``previous``, and the target's copy is indeed unchanged.  Give
-            ``before`` (from ``contents``) when the receive already started:
-            a replica is unmounted while it receives."""
+            """``failing`` (a Deferred, or a function starting the receive
+            and returning one) fails with ReceiveFailed saying the copy is
+            at ``previous``, and the target's copy is indeed unchanged.
+            What is there is read before the receive starts: a replica is
+            unmounted while it receives.  So with a Deferred (the receive
+            already started) ``before`` (from ``contents``) is required."""
             if exists:
                 if before is None:
+                    if not callable(failing):
+                        raise TypeError("the receive started before its "
+                                        "target was read: give before")
                     before = yield self.contents(target)
                 before, snapshots_before = before
+            if callable(failing):
+                failing = failing()
             error = yield self.assertFailure(failing, ReceiveFailed)
             self.assertEqual((error.previous, error.exists),
                              (previous, exists))
@@ -570,7 +895,8 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             self.write(self.pool, "x", b"2")
             s3 = yield self.pool.snapshot(self.name, "s3")
             yield self.assert_unchanged_after(
-                target, copy_snapshot(self.pool, s3, target, base=s2), s1)
+                target,
+                lambda: copy_snapshot(self.pool, s3, target, base=s2), s1)
 
         @inlineCallbacks
         def test_incremental_onto_missing_volume(self):
@@ -581,7 +907,8 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             s2 = yield self.pool.snapshot(self.name, "s2")
             target = self.other_pool()
             yield self.assert_unchanged_after(
-                target, copy_snapshot(self.pool, s2, target, base=s1), None,
+                target,
+                lambda: copy_snapshot(self.pool, s2, target, base=s1), None,
                 exists=False)
 
         @inlineCallbacks
@@ -594,7 +921,7 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             self.write(self.pool, "x", b"1")
             s2 = yield self.pool.snapshot(self.name, "s2")
             yield self.assert_unchanged_after(
-                target, copy_snapshot(self.pool, s2, target), s1)
+                target, lambda: copy_snapshot(self.pool, s2, target), s1)
 
         @inlineCallbacks
         def test_full_onto_owned_volume(self):
@@ -607,7 +934,7 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             self.write(target, "precious", b"only copy")
             t1 = yield target.snapshot(self.name, "t1")
             yield self.assert_unchanged_after(
-                target, copy_snapshot(self.pool, s1, target), t1)
+                target, lambda: copy_snapshot(self.pool, s1, target), t1)
 
         @inlineCallbacks
         def test_discard_replica(self):
@@ -650,7 +977,8 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             yield target.set_owner(self.name, "node-b")
             s2 = yield self.pool.snapshot(self.name, "s2")
             error = yield self.assert_unchanged_after(
-                target, copy_snapshot(self.pool, s2, target, base=s1), s1)
+                target,
+                lambda: copy_snapshot(self.pool, s2, target, base=s1), s1)
             self.assertIn("owns", str(error))
 
         @inlineCallbacks
@@ -665,7 +993,8 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             self.write(target, "local-only", b"data the sender lacks")
             s2 = yield self.pool.snapshot(self.name, "s2")
             yield self.assert_unchanged_after(
-                target, copy_snapshot(self.pool, s2, target, base=s1), s1)
+                target,
+                lambda: copy_snapshot(self.pool, s2, target, base=s1), s1)
             replica = yield target.get(self.name)
             self.assertEqual(
                 read_tree(replica.mountpoint)["local-only"],
@@ -770,8 +1099,26 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             target = self.other_pool()
             yield self.assert_unchanged_after(
                 target,
-                copy_snapshot(self.pool, Snapshot(self.name, "nope"), target),
+                lambda: copy_snapshot(self.pool, Snapshot(self.name, "nope"),
+                                      target),
                 None, exists=False)
+
+        async def test_send_refused_cuts_receive(self):
+            """A send that cannot even be made (its base is of another
+            volume) cuts the receive it was to feed: ``copy_snapshot``
+            fails with ReceiveFailed saying why, and nothing is left
+            waiting."""
+            await self.pool.create(self.name)
+            s1 = await self.pool.snapshot(self.name, "s1")
+            web = VolumeName("web")
+            await self.pool.create(web)
+            w1 = await self.pool.snapshot(web, "w1")
+            target = self.other_pool()
+            error = await self.assertFailure(
+                copy_snapshot(self.pool, s1, target, base=w1), ReceiveFailed)
+            self.assertIn("not a snapshot of", str(error))
+            self.assertFalse(error.exists)
+            await self.assertFailure(target.get(self.name), VolumeNotFound)
 
         @inlineCallbacks
         def test_send_missing_snapshot(self):
