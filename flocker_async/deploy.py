@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Callable, Dict, List, Optional
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
 
 from attrs import frozen
 from twisted.internet import defer
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._async import sleep
-from .changes import calculate_changes
+from .changes import IStateChange, calculate_changes, plan_takeovers
 from .config import ConfigurationError
 from .docker import configuration_digest
 from .model import ClusterState, Deployment, Node, NodeState
@@ -29,7 +30,8 @@ from .wire import Peer, decode_node_state, encode_apply, resolve_ipv4
 from .ssh import RemoteCommandFailed, SSHClient, SSHError
 
 __all__ = ["NodeFailure", "DeployFailed", "NodeInfo", "gather", "apply_all",
-           "deploy", "dry_run"]
+           "deploy", "dry_run", "check_down", "resolve_down", "DownNodeAnswers",
+           "TakeOverRefused", "takeover_report", "live_part"]
 
 
 @frozen
@@ -57,6 +59,13 @@ class NodeInfo:
     peer: Peer
     mount_root: Optional[str]
     routes: dict
+    generation: int = 0
+    # When it last heard from each peer (its clock), and the owner of each
+    # volume as its last deployment knew it.
+    heard: Dict[str, float] = {}
+    known_owners: Dict[str, str] = {}
+    # The peers its last deployment named (keys of nodes now down, too).
+    peers: Tuple[Peer, ...] = ()
 
 
 class NodeReported(Exception):
@@ -86,7 +95,31 @@ async def _gather_one(client: SSHClient, reactor, name: str, port: int) -> NodeI
     except (ValueError, KeyError, TypeError, ConfigurationError) as e:
         raise ValueError("its state report is not valid: %s" % (e,))
     return NodeInfo(name, state.hostname, state, peer,
-                    document.get("mount_root"), document.get("routes") or {})
+                    document.get("mount_root"), document.get("routes") or {},
+                    **_failover_fields(document, name))
+
+
+def _failover_fields(document: dict, name: str) -> dict:
+    """What a state report says for take-overs, checked (a node's word is
+    data, never trusted blindly)."""
+    generation = document.get("generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise ValueError("%s state: generation: expected a whole number" % (name,))
+    heard = {k: float(v) for k, v in (document.get("heard") or {}).items()
+             if isinstance(k, str) and isinstance(v, (int, float))
+             and not isinstance(v, bool)}
+    owners = {k: v for k, v in (document.get("known_owners") or {}).items()
+              if isinstance(k, str) and isinstance(v, str)}
+    peers = []
+    for entry in document.get("peers") or []:
+        try:
+            peers.append(Peer(str(entry["address"]), int(entry["ssh_port"]),
+                              str(entry["node_key"]), str(entry["host_key"])))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("%s state: peers: expected {address, ssh_port, "
+                             "node_key, host_key}" % (name,))
+    return dict(generation=generation, heard=heard, known_owners=owners,
+                peers=tuple(peers))
 
 
 async def gather(reactor, client: SSHClient, deployment: Deployment,
@@ -97,13 +130,14 @@ async def gather(reactor, client: SSHClient, deployment: Deployment,
     results = await defer.DeferredList(
         [Deferred.fromCoroutine(_gather_one(client, reactor, n, port)) for n in names],
         consumeErrors=True)
-    infos, failures = {}, []
+    infos: Dict[str, NodeInfo] = {}
+    failures: List[NodeFailure] = []
     for name, (ok, value) in zip(names, results):
         if ok:
             infos[name] = value
         else:
-            failures.append(NodeFailure(name, _explain(value.value)))
-    addresses = {}
+            failures.append(NodeFailure(name, _explain(cast(Failure, value).value)))
+    addresses: Dict[str, str] = {}
     for name, info in infos.items():
         if info.address in addresses:
             failures.append(NodeFailure(name, "is the same node as %s (address %s)"
@@ -114,10 +148,105 @@ async def gather(reactor, client: SSHClient, deployment: Deployment,
     return infos
 
 
-def by_address(deployment: Deployment, infos: Dict[str, NodeInfo]) -> Deployment:
-    """The deployment with each node named by its address (nodes' identity)."""
-    return Deployment(nodes=[Node(infos[n.hostname].address, n.applications)
-                             for n in deployment.nodes])
+def by_address(deployment: Deployment, infos: Dict[str, NodeInfo],
+               down: Optional[Dict[str, str]] = None) -> Deployment:
+    """
+    The deployment with each node named by its address (nodes' identity),
+    standbys too.  ``down`` maps the names of nodes declared down (which
+    were not asked) to their addresses.
+    """
+    names = {name: info.address for name, info in infos.items()}
+    names.update(down or {})
+    return Deployment(
+        nodes=[Node(names[n.hostname], n.applications) for n in deployment.nodes],
+        standby=[(app, tuple(names.get(node, node) for node in nodes))
+                 for app, nodes in deployment.standby])
+
+
+def live_part(deployment: Deployment, down: Iterable[str]) -> Deployment:
+    """The nodes of ``deployment`` that are not declared down."""
+    down = set(down)
+    return Deployment(nodes=[n for n in deployment.nodes if n.hostname not in down],
+                      standby=deployment.standby)
+
+
+def next_generation(infos: Dict[str, NodeInfo]) -> int:
+    """One more than the newest deployment any node converges to."""
+    return 1 + max((info.generation for info in infos.values()), default=0)
+
+
+def _peers(infos: Dict[str, NodeInfo], down: Dict[str, str]) -> List[Peer]:
+    """Every reachable node's keys, and those of the nodes declared down as
+    the reachable nodes last knew them, so a node that returns can still
+    reach its peers and learn what happened while it was away."""
+    peers = {info.address: info.peer for info in infos.values()}
+    for info in sorted(infos.values(), key=lambda i: -i.generation):
+        for peer in info.peers:
+            if peer.address in down.values() and peer.address not in peers:
+                peers[peer.address] = peer
+    return [peers[a] for a in sorted(peers)]
+
+
+class TakeOverRefused(Exception):
+    """A take-over cannot be done: the lines say which applications and why."""
+
+    def __init__(self, lines: List[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def takeover_report(deployment: Deployment, infos: Dict[str, NodeInfo],
+                    down: Dict[str, str]) -> List[str]:
+    """
+    Per application whose owner is declared down, what a take-over does and
+    how much may be lost: the time of the freshest surviving copy against
+    the last time any reachable node heard from the old owner.  Raises
+    ``TakeOverRefused`` when an application's volume survives on no
+    reachable node.
+    """
+    desired = by_address(deployment, infos, down)
+    cluster = ClusterState([info.state for info in infos.values()])
+    plans = plan_takeovers(desired, cluster, down.values())
+    lines, refused = [], []
+    newest_first = sorted(infos.values(), key=lambda i: -i.generation)
+    for node, app in desired.applications():
+        if app.volume is None or app.name in plans or cluster.owner_of(app.name):
+            continue
+        owner = next((i.known_owners[app.name] for i in newest_first
+                      if app.name in i.known_owners), None)
+        if owner in down.values():
+            refused.append(
+                "%s: no reachable node holds a copy of its volume; its only copy "
+                "is on %s, declared down.  Nothing was changed: bring %s back, or "
+                "take %s out of the deployment file" % (app.name, owner, owner, app.name))
+    if refused:
+        raise TakeOverRefused(refused)
+    for name, plan in sorted(plans.items()):
+        heard = max((i.heard[plan.old_owner] for i in infos.values()
+                     if plan.old_owner in i.heard), default=None)
+        where = ("its copy there" if plan.source == plan.target
+                 else "the copy on %s, pushed there first" % (plan.source,))
+        lines.append("%s: %s is down; %s takes it over from %s"
+                     % (name, plan.old_owner, plan.target, where))
+        if plan.snapshot_time is None:
+            lines.append("%s: the surviving copy on %s has no dated snapshot: how "
+                         "much may be lost is unknown" % (name, plan.source))
+        elif heard is None:
+            lines.append("%s: last replica on %s is from %s; no reachable node has "
+                         "heard from %s since its daemon started, so writes after "
+                         "%s may be lost" % (name, plan.source, _clock(plan.snapshot_time),
+                                              plan.old_owner, _clock(plan.snapshot_time)))
+        else:
+            lines.append("%s: last replica on %s is from %s, %d s before %s was "
+                         "last heard from (%s): writes after %s may be lost"
+                         % (name, plan.source, _clock(plan.snapshot_time),
+                            max(0, round(heard - plan.snapshot_time)),
+                            plan.old_owner, _clock(heard), _clock(plan.snapshot_time)))
+    return lines
 
 
 @implementer(IConsumer)
@@ -169,30 +298,37 @@ async def _apply_one(client: SSHClient, info: NodeInfo, port: int, request: byte
 async def apply_all(client: SSHClient, deployment: Deployment,
                     infos: Dict[str, NodeInfo], port: int,
                     on_event: Callable[[str, dict], None],
-                    deploy_id: Optional[str] = None) -> str:
+                    deploy_id: Optional[str] = None,
+                    down: Optional[Dict[str, str]] = None) -> str:
     """Send every node its ``apply`` at once; fires with the deploy id when
-    every node converged, or fails with ``DeployFailed``."""
+    every node converged, or fails with ``DeployFailed``.  ``down`` maps
+    the nodes declared down (not sent anything) to their addresses."""
     deploy_id = deploy_id or uuid.uuid4().hex
-    desired = by_address(deployment, infos)
+    down = down or {}
+    desired = by_address(deployment, infos, down)
     cluster = ClusterState([info.state for info in infos.values()])
-    peers = [info.peer for info in infos.values()]
+    peers = _peers(infos, down)
+    generation = next_generation(infos)
     names = sorted(infos)
     results = await defer.DeferredList([
         Deferred.fromCoroutine(_apply_one(
             client, infos[n], port,
-            encode_apply(infos[n].address, deploy_id, desired, cluster, peers),
+            encode_apply(infos[n].address, deploy_id, desired, cluster, peers,
+                         generation=generation, down=sorted(down.values())),
             on_event))
         for n in names], consumeErrors=True)
-    failures = [NodeFailure(n, _explain(v.value)) for n, (ok, v) in zip(names, results)
-                if not ok]
+    failures = [NodeFailure(n, _explain(cast(Failure, v).value))
+                for n, (ok, v) in zip(names, results) if not ok]
     if failures:
         raise DeployFailed(failures)
     return deploy_id
 
 
-def dry_run(deployment: Deployment, infos: Dict[str, NodeInfo]) -> Dict[str, object]:
+def dry_run(deployment: Deployment, infos: Dict[str, NodeInfo],
+            down: Optional[Dict[str, str]] = None) -> Dict[str, IStateChange]:
     """Per node, the change a deploy would make now."""
-    desired = by_address(deployment, infos)
+    down = down or {}
+    desired = by_address(deployment, infos, down)
     cluster = ClusterState([info.state for info in infos.values()])
     changes = {}
     for name, info in sorted(infos.items()):
@@ -201,8 +337,46 @@ def dry_run(deployment: Deployment, infos: Dict[str, NodeInfo]) -> Dict[str, obj
         def digest(app, root=root):
             return configuration_digest(
                 app, "%s/%s" % (root, app.name) if app.volume is not None else None)
-        changes[name] = calculate_changes(info.address, desired, cluster, digest)
+        changes[name] = calculate_changes(info.address, desired, cluster, digest,
+                                          down=down.values())
     return changes
+
+
+class DownNodeAnswers(Exception):
+    """A node declared down answered: it is not down."""
+
+    def __init__(self, nodes: List[str]):
+        self.nodes = nodes
+        super().__init__(", ".join(nodes))
+
+
+async def resolve_down(reactor, names: Sequence[str]) -> Dict[str, str]:
+    """The nodes declared down, name -> IPv4 address."""
+    results = await defer.DeferredList(
+        [resolve_ipv4(reactor, n) for n in names], consumeErrors=True)
+    failures = [NodeFailure(n, _explain(cast(Failure, v).value))
+                for n, (ok, v) in zip(names, results) if not ok]
+    if failures:
+        raise DeployFailed(failures)
+    return {n: v for n, (ok, v) in zip(names, results)}
+
+
+async def check_down(reactor, client: SSHClient, down: Dict[str, str], port: int,
+                     timeout: float = 5.0) -> None:
+    """
+    Refuse to treat as dead a node that answers: ``DownNodeAnswers`` names
+    every node declared down whose flocker-node answers ``version`` within
+    ``timeout`` seconds.  (A dead node and a partitioned one look the same
+    from here; one that answers is neither.)
+    """
+    names = sorted(down)
+    asked = [client.run(down[n], port, ["version"]).addTimeout(timeout, reactor)
+             for n in names]
+    results = await defer.DeferredList(asked, consumeErrors=True)
+    answering = ["%s (%s)" % (n, v.stdout.decode("utf-8", "replace").strip())
+                 for n, (ok, v) in zip(names, results) if ok]
+    if answering:
+        raise DownNodeAnswers(answering)
 
 
 BUSY = 75  # the node's ``lease`` exit status while another deploy holds it
@@ -289,7 +463,7 @@ async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int
                                    on_event, wait)
             except Exception as e:
                 raise DeployFailed([NodeFailure(name, _explain(e))])
-            lease.running.addBoth(lambda _, c=connection: c.close())
+            lease.running.addBoth(_close, connection)
             held.append(lease)
     except BaseException:
         release(held)
@@ -297,6 +471,10 @@ async def hold_all(reactor, client: SSHClient, deployment: Deployment, port: int
             connection.close()
         raise
     return held
+
+
+def _close(_, connection):
+    return connection.close()
 
 
 def release(held: List[Lease]) -> None:
@@ -307,20 +485,32 @@ def release(held: List[Lease]) -> None:
 
 
 async def deploy(reactor, client: SSHClient, deployment: Deployment, port: int,
-                 on_event: Callable[[str, dict], None], wait: float = 300.0) -> str:
+                 on_event: Callable[[str, dict], None], wait: float = 300.0,
+                 down: Optional[Dict[str, str]] = None,
+                 on_takeover: Callable[[List[str]], None] = lambda lines: None) -> str:
     """
     Hold every node, gather their states, apply everywhere, release.  If a
     node's lease ends before that (its daemon restarted, the connection
     dropped), another deploy could now interleave with this one, so the
     deploy stops waiting and fails naming the node; nodes finish what they
     were already sent.
+
+    ``down`` (name -> address) are nodes the operator declared dead (see
+    ``check_down``, which the caller runs first): they are not contacted;
+    before anything is applied, ``on_takeover`` is given the lines saying
+    which applications are taken over and how much may be lost.
     """
+    down = down or {}
+    live = live_part(deployment, down)
     deploy_id = uuid.uuid4().hex
-    held = await hold_all(reactor, client, deployment, port, deploy_id, on_event, wait)
+    held = await hold_all(reactor, client, live, port, deploy_id, on_event, wait)
 
     async def gather_and_apply():
-        infos = await gather(reactor, client, deployment, port)
-        return await apply_all(client, deployment, infos, port, on_event, deploy_id)
+        infos = await gather(reactor, client, live, port)
+        if down:
+            on_takeover(takeover_report(deployment, infos, down))
+        return await apply_all(client, deployment, infos, port, on_event, deploy_id,
+                               down)
     work = Deferred.fromCoroutine(gather_and_apply())
     try:
         index, outcome = await defer.race(

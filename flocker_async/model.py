@@ -10,7 +10,7 @@ where it is made.
 
 from __future__ import annotations
 
-from typing import FrozenSet, Mapping, Optional, Tuple
+from typing import FrozenSet, Iterable, Mapping, Optional, Tuple
 
 from attrs import field, frozen, validators
 
@@ -25,7 +25,47 @@ __all__ = [
     "Application",
     "Node",
     "Deployment",
+    "DEFAULT_REPLICATION_INTERVAL",
+    "link_env_prefix",
+    "ApplicationState",
+    "VolumeState",
+    "NodeState",
+    "ClusterState",
 ]
+
+
+# Typed converters: mypy's attrs plugin cannot read a bare ``frozenset``.
+def _ports(value: Iterable["Port"]) -> FrozenSet["Port"]:
+    return frozenset(value)
+
+
+def _links(value: Iterable["Link"]) -> FrozenSet["Link"]:
+    return frozenset(value)
+
+
+def _applications(value: Iterable["Application"]) -> FrozenSet["Application"]:
+    return frozenset(value)
+
+
+def _nodes(value: Iterable["Node"]) -> FrozenSet["Node"]:
+    return frozenset(value)
+
+
+def _application_states(value: Iterable["ApplicationState"]
+                        ) -> FrozenSet["ApplicationState"]:
+    return frozenset(value)
+
+
+def _volume_states(value: Iterable["VolumeState"]) -> FrozenSet["VolumeState"]:
+    return frozenset(value)
+
+
+def _node_states(value: Iterable["NodeState"]) -> FrozenSet["NodeState"]:
+    return frozenset(value)
+
+
+def _strings(value: Iterable[str]) -> Tuple[str, ...]:
+    return tuple(value)
 
 
 def _frozen_pairs(value) -> Tuple[Tuple[str, str], ...]:
@@ -133,8 +173,8 @@ class Application:
 
     name: str = field(validator=validators.instance_of(str))
     image: DockerImage = field(validator=validators.instance_of(DockerImage))
-    ports: FrozenSet[Port] = field(default=frozenset(), converter=frozenset)
-    links: FrozenSet[Link] = field(default=frozenset(), converter=frozenset)
+    ports: FrozenSet[Port] = field(default=frozenset(), converter=_ports)
+    links: FrozenSet[Link] = field(default=frozenset(), converter=_links)
     environment: Tuple[Tuple[str, str], ...] = field(
         default=(), converter=_frozen_pairs
     )
@@ -168,7 +208,7 @@ class Node:
 
     hostname: str = field(validator=validators.instance_of(str))
     applications: FrozenSet[Application] = field(
-        default=frozenset(), converter=frozenset
+        default=frozenset(), converter=_applications
     )
 
     def application_named(self, name: str) -> Optional[Application]:
@@ -204,7 +244,7 @@ class Deployment:
     application name to node names in the order given).
     """
 
-    nodes: FrozenSet[Node] = field(default=frozenset(), converter=frozenset)
+    nodes: FrozenSet[Node] = field(default=frozenset(), converter=_nodes)
     standby: Tuple[Tuple[str, Tuple[str, ...]], ...] = field(
         default=(), converter=_frozen_standby)
 
@@ -257,7 +297,7 @@ class VolumeState:
     name: str
     owner: Optional[str]
     writable: bool
-    snapshots: Tuple[str, ...] = field(default=(), converter=tuple)
+    snapshots: Tuple[str, ...] = field(default=(), converter=_strings)
     epoch: int = 0
 
 
@@ -267,8 +307,9 @@ class NodeState:
 
     hostname: str
     applications: FrozenSet[ApplicationState] = field(
-        default=frozenset(), converter=frozenset)
-    volumes: FrozenSet[VolumeState] = field(default=frozenset(), converter=frozenset)
+        default=frozenset(), converter=_application_states)
+    volumes: FrozenSet[VolumeState] = field(default=frozenset(),
+                                            converter=_volume_states)
 
     def application(self, name: str) -> Optional[ApplicationState]:
         for app in self.applications:
@@ -292,7 +333,7 @@ class NodeState:
 class ClusterState:
     """The last known state of every node."""
 
-    nodes: FrozenSet[NodeState] = field(default=frozenset(), converter=frozenset)
+    nodes: FrozenSet[NodeState] = field(default=frozenset(), converter=_node_states)
 
     def node(self, hostname: str) -> Optional[NodeState]:
         for node in self.nodes:
@@ -313,8 +354,9 @@ class ClusterState:
         writable copy (during a handoff the source's read-only copy still
         names the source until ``acquire``).
         """
-        claimants = sorted(
-            (-n.volume(volume_name).epoch, not n.volume(volume_name).writable,
-             n.hostname)
-            for n in self.nodes if n.claims(volume_name))
-        return claimants[0][2] if claimants else None
+        claimants = []
+        for node in self.nodes:
+            volume = node.volume(volume_name)
+            if volume is not None and node.claims(volume_name):
+                claimants.append((-volume.epoch, not volume.writable, node.hostname))
+        return sorted(claimants)[0][2] if claimants else None

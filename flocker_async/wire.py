@@ -47,6 +47,10 @@ __all__ = [
     "decode_apply",
     "encode_node_state",
     "decode_node_state",
+    "retarget_apply",
+    "PeerSync",
+    "encode_sync",
+    "decode_sync",
     "resolve_ipv4",
 ]
 
@@ -66,12 +70,66 @@ class Peer:
 
 
 @frozen
+class PeerSync:
+    """What a peer's ``sync`` answers: its deployment's generation, the
+    request it persisted (None before its first), and its own state."""
+
+    generation: int
+    request: Optional[bytes]
+    state: NodeState
+
+
+def encode_sync(sync: PeerSync, snapshots: Dict[str, List[str]]) -> bytes:
+    document = {
+        "version": WIRE_VERSION,
+        "generation": sync.generation,
+        "request": (json.loads(sync.request.decode("utf-8"))
+                    if sync.request is not None else None),
+        "state": encode_node_state(sync.state, snapshots),
+    }
+    return json.dumps(document, sort_keys=True).encode("utf-8")
+
+
+def decode_sync(data: bytes, source: str = "sync") -> PeerSync:
+    """Parse a ``sync`` answer; ``ConfigurationError`` if it is not one.
+    The request inside is checked later, as strictly as any ``apply``."""
+    p = _Problems(source)
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        p.add("", "not a JSON document: %s" % (str(e)[:200],))
+        raise ConfigurationError(p.problems)
+    if not isinstance(doc, dict) or doc.get("version") != WIRE_VERSION:
+        p.add("", "expected a version %d sync answer" % (WIRE_VERSION,))
+        raise ConfigurationError(p.problems)
+    generation = _whole(doc.get("generation"))
+    if generation is None:
+        p.add("generation", "expected a whole number from 0")
+    request = doc.get("request")
+    if request is not None and not isinstance(request, dict):
+        p.add("request", "expected an apply request or null")
+    state = _decode_node_state(p, "state", doc.get("state"))
+    if p.problems or generation is None or state is None:
+        raise ConfigurationError(p.problems)
+    return PeerSync(generation, None if request is None else
+                    json.dumps(request, sort_keys=True).encode("utf-8"), state)
+
+
+@frozen
 class ApplyRequest:
+    """
+    What a node is told to converge to.  ``generation`` orders deployments
+    cluster-wide (flocker-deploy: one more than any reachable node has);
+    ``down`` are the nodes the operator declared dead for this deployment.
+    """
+
     node: str
     deploy_id: str
     deployment: Deployment
     cluster: ClusterState
     peers: Tuple[Peer, ...]
+    generation: int = 0
+    down: Tuple[str, ...] = ()
 
 
 class _Problems:
@@ -106,6 +164,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _whole(value: Any) -> Optional[int]:
+    """``value`` if it is a whole number that JSON carries exactly, else None."""
+    if _is_int(value) and 0 <= value < 2 ** 53:
+        return value
+    return None
+
+
 # --- state --------------------------------------------------------------------
 
 def encode_node_state(state: NodeState, snapshots: Dict[str, List[str]] = {},
@@ -118,6 +183,7 @@ def encode_node_state(state: NodeState, snapshots: Dict[str, List[str]] = {},
             for a in sorted(state.applications, key=lambda a: a.name)],
         "volumes": [
             {"name": v.name, "owner": v.owner, "writable": v.writable,
+             "epoch": v.epoch,
              "snapshots": list(snapshots.get(v.name, v.snapshots))}
             for v in sorted(state.volumes, key=lambda v: v.name)],
     }
@@ -160,15 +226,17 @@ def _decode_node_state(p: _Problems, path: str, doc: Any) -> Optional[NodeState]
                 or not NAME_PATTERN.match(vol["name"])
                 or not (vol.get("owner") is None or _ipv4(vol.get("owner")))
                 or not isinstance(vol.get("writable"), bool)
+                or not (_is_int(vol.get("epoch", 0)) and 0 <= vol.get("epoch", 0) < 2 ** 53)
                 or not isinstance(vol.get("snapshots", []), list)
                 or not all(isinstance(s, str) and 0 < len(s) <= 128
                            and set(s) <= _SNAPSHOT_CHARS
                            for s in vol.get("snapshots", []))):
-            p.add(where, "expected {name, owner, writable, snapshots}")
+            p.add(where, "expected {name, owner, writable, epoch, snapshots}")
             continue
         volumes.append(VolumeState(vol["name"], vol.get("owner"), vol["writable"],
-                                   tuple(vol.get("snapshots", []))))
-    if len(p.problems) > before:
+                                   tuple(vol.get("snapshots", [])),
+                                   vol.get("epoch", 0)))
+    if len(p.problems) > before or address is None:
         return None
     return NodeState(address, apps, volumes)
 
@@ -176,7 +244,7 @@ def _decode_node_state(p: _Problems, path: str, doc: Any) -> Optional[NodeState]
 def decode_node_state(doc: Any, source: str = "state") -> NodeState:
     p = _Problems(source)
     state = _decode_node_state(p, "", doc)
-    if p.problems:
+    if p.problems or state is None:
         raise ConfigurationError(p.problems)
     return state
 
@@ -184,7 +252,8 @@ def decode_node_state(doc: Any, source: str = "state") -> NodeState:
 # --- apply --------------------------------------------------------------------
 
 def encode_apply(node: str, deploy_id: str, deployment: Deployment,
-                 cluster: ClusterState, peers) -> bytes:
+                 cluster: ClusterState, peers, generation: int = 0,
+                 down=()) -> bytes:
     applications = [app for _, app in deployment.applications()]
     document = {
         "version": WIRE_VERSION,
@@ -197,12 +266,23 @@ def encode_apply(node: str, deploy_id: str, deployment: Deployment,
         "peers": [{"address": peer.address, "ssh_port": peer.ssh_port,
                    "node_key": peer.node_key, "host_key": peer.host_key}
                   for peer in sorted(peers, key=lambda peer: peer.address)],
+        "generation": generation,
+        "down": sorted(down),
     }
+    return json.dumps(document, sort_keys=True).encode("utf-8")
+
+
+def retarget_apply(data: bytes, node: str) -> bytes:
+    """The same request, addressed to ``node`` (a peer's deployment that
+    this node adopts)."""
+    document = json.loads(data.decode("utf-8"))
+    document["node"] = node
     return json.dumps(document, sort_keys=True).encode("utf-8")
 
 
 _APPLY_KEYS = {"version", "node", "deploy_id", "deployment", "applications",
                "cluster", "peers"}
+_OPTIONAL_APPLY_KEYS = {"generation", "down"}
 
 
 def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
@@ -222,7 +302,7 @@ def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
         fail("not a JSON document: %s" % (str(e)[:200],))
     if not isinstance(doc, dict):
         fail("expected a JSON object")
-    for key in sorted(set(doc) - _APPLY_KEYS, key=str):
+    for key in sorted(set(doc) - _APPLY_KEYS - _OPTIONAL_APPLY_KEYS, key=str):
         p.add(str(key)[:64], "unknown key")
     for key in sorted(_APPLY_KEYS - set(doc)):
         p.add("", "missing required key %r" % (key,))
@@ -286,12 +366,33 @@ def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
                 p.add(where + ".node_key", "expected an SSH public key line")
             if host_key is None:
                 p.add(where + ".host_key", "expected an SSH public key line")
-            if None not in (address, node_key, host_key) and _is_int(port):
+            if (address is not None and node_key is not None and host_key is not None
+                    and _is_int(port)):
                 peers.append(Peer(address, port, node_key, host_key))
-    if p.problems:
+    generation = _whole(doc.get("generation", 0))
+    if generation is None:
+        p.add("generation", "expected a whole number from 0")
+    given = doc.get("down", [])
+    if not isinstance(given, list) or len(given) > 1000:
+        p.add("down", "expected a list of IPv4 addresses")
+        given = []
+    down = []
+    for i, entry in enumerate(given):
+        address = _ipv4(entry)
+        if address is None:
+            p.add("down[%d]" % (i,), "expected an IPv4 address")
+        else:
+            down.append(address)
+    if deployment is not None:
+        for n in deployment.nodes:
+            if n.hostname in down and n.applications:
+                p.add("deployment.nodes", "node %s is declared down but "
+                      "applications are placed on it" % (n.hostname,))
+    if p.problems or node is None or deployment is None or generation is None:
         raise ConfigurationError(p.problems)
     return ApplyRequest(node=node, deploy_id=deploy_id, deployment=deployment,
-                        cluster=ClusterState(nodes), peers=tuple(peers))
+                        cluster=ClusterState(nodes), peers=tuple(peers),
+                        generation=generation, down=tuple(sorted(set(down))))
 
 
 def resolve_ipv4(reactor, hostname: str) -> Deferred:

@@ -28,6 +28,15 @@ from ._interfaces import (
     NotOwner,
     RunContext,
 )
+from ._failover import (
+    PushReplica,
+    TakeOver,
+    TakeOverPlan,
+    YieldVolume,
+    freshness,
+    plan_takeovers,
+    stale_claim,
+)
 from ._routes import HELD, LOCAL, Route, SetRoute, SetRoutes, proxy_to
 from ._volumes import (
     CreateVolume,
@@ -39,7 +48,13 @@ from ._volumes import (
     WaitForHandoff,
     newest_common,
     push_newest_snapshot,
+    push_snapshot,
 )
+
+# The steps that push, hand over, take over or wait for a volume: while a
+# run has one of these for a volume, its standby replication is paused.
+MOVING_STEPS = (PushVolume, FinalPush, HandOver, WaitForHandoff, PushReplica,
+                TakeOver, YieldVolume, RecordOwner)
 
 __all__ = [
     "IStateChange", "IDeployer", "RunContext", "ChangeFailed", "NotOwner",
@@ -48,6 +63,9 @@ __all__ = [
     "Route", "LOCAL", "HELD", "proxy_to", "SetRoutes", "SetRoute",
     "CreateVolume", "MakeWritable", "PushVolume", "FinalPush", "HandOver",
     "RecordOwner", "WaitForHandoff", "newest_common", "push_newest_snapshot",
+    "push_snapshot", "MOVING_STEPS",
+    "TakeOverPlan", "plan_takeovers", "freshness", "stale_claim",
+    "TakeOver", "PushReplica", "YieldVolume",
     "StartApplication", "StopApplication", "WaitForPort",
     "calculate_changes", "container_application", "move_out",
 ]

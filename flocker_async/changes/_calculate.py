@@ -19,12 +19,13 @@ it (DESIGN.md, "Moving an application"):
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from ..config import link_env_prefix  # TODO(lead): from ..model once it lives there
-from ..model import Application, ClusterState, Deployment, NodeState
+from ..model import Application, ClusterState, Deployment, NodeState, link_env_prefix
 from ._compose import ReportProblem, UndoOnFailure, in_parallel, sequentially
 from ._containers import StartApplication, StopApplication, WaitForPort
+from ._failover import (
+    PushReplica, TakeOver, TakeOverPlan, YieldVolume, plan_takeovers, stale_claim)
 from ._interfaces import IStateChange
 from ._routes import HELD, LOCAL, Route, SetRoute, SetRoutes, proxy_to
 from ._volumes import (
@@ -65,6 +66,7 @@ def calculate_changes(
     desired: Deployment,
     cluster: ClusterState,
     digest: Callable[[Application], str],
+    down: Iterable[str] = (),
 ) -> IStateChange:
     """
     The changes that take node ``hostname`` from its state in ``cluster``
@@ -72,8 +74,12 @@ def calculate_changes(
 
     ``digest(application)`` is the configuration digest a container for
     ``application`` on this node would carry; a running container with that
-    digest is left alone.
+    digest is left alone.  ``down`` are the nodes the operator declared
+    dead: their volumes are taken over from the freshest surviving copy,
+    and a node that finds itself among them yields what it still claims.
     """
+    down = frozenset(down)
+    takeovers = plan_takeovers(desired, cluster, down)
     local = cluster.node(hostname) or NodeState(hostname)
     initial_routes: Dict[str, Tuple[Tuple[int, ...], Route]] = {}
     per_application = []
@@ -82,11 +88,13 @@ def calculate_changes(
     for node, app in desired.applications():
         desired_names.add(app.name)
         running = local.application(app.name)
+        takeover = takeovers.get(app.name)
         if node.hostname == hostname:
-            steps, route = _converge_here(hostname, app, local, cluster, running, digest)
+            steps, route = _converge_here(hostname, app, local, cluster, running,
+                                          digest, takeover)
         else:
             steps, route = _converge_elsewhere(
-                hostname, node.hostname, app, local, cluster, running)
+                hostname, node.hostname, app, local, cluster, running, takeover, down)
         if route is not None:
             initial_routes[app.name] = (_ports(app), route)
         per_application.append(sequentially(steps))
@@ -110,7 +118,8 @@ def _start(app: Application, ports) -> List:
 
 
 def _converge_here(hostname, app, local: NodeState, cluster: ClusterState,
-                   running, digest) -> Tuple[List, Optional[Route]]:
+                   running, digest, takeover: Optional[TakeOverPlan]
+                   ) -> Tuple[List, Optional[Route]]:
     ports = _ports(app)
     container = container_application(app, hostname)
     unchanged = (running is not None and running.running
@@ -119,12 +128,25 @@ def _converge_here(hostname, app, local: NodeState, cluster: ClusterState,
     if app.volume is not None:
         volume = local.volume(app.name)
         owner = cluster.owner_of(app.name)
-        if volume is not None and volume.owner == hostname:
+        if takeover is not None:
+            # Its owner is down: take over from the freshest surviving copy,
+            # here or pushed here first; nobody serves it meanwhile.
+            steps = [StopApplication(app.name)] if running is not None else []
+            steps.append(TakeOver(app.name, takeover.epoch) if takeover.source == hostname
+                         else WaitForHandoff(app.name, takeover.source))
+            return steps + _start(container, ports), (HELD if ports else None)
+        if volume is not None and volume.owner == hostname and owner == hostname:
             if not volume.writable:
                 steps.append(MakeWritable(app.name))
         elif owner is not None and owner != hostname:
-            # The live copy is elsewhere: its owner pushes it here.
-            return ([WaitForHandoff(app.name, owner)] + _start(container, ports),
+            # The live copy is elsewhere: its owner pushes it here.  A copy
+            # of ours that still claims ownership lost it while we were
+            # away: never served again.
+            if running is not None:
+                steps.append(StopApplication(app.name))
+            if volume is not None and volume.owner == hostname:
+                steps.append(_give_up(app.name, volume.writable, owner, cluster))
+            return (steps + [WaitForHandoff(app.name, owner)] + _start(container, ports),
                     proxy_to(owner) if ports else None)
         elif volume is not None:
             # A replica whose owner is not in the cluster state: making it
@@ -132,8 +154,8 @@ def _converge_here(hostname, app, local: NodeState, cluster: ClusterState,
             return ([ReportProblem(app.name, (
                 "this node holds only a replica of volume %s (owner %s), and "
                 "no node in the cluster reports the live copy; bring the "
-                "owner back or deploy the application there"
-                % (app.name, volume.owner or "unknown")))],
+                "owner back, or declare it down (flocker-deploy --down %s)"
+                % (app.name, volume.owner or "unknown", volume.owner or "NODE")))],
                     LOCAL if ports and running else None)
         else:
             steps.append(CreateVolume(app.name, app.volume.maximum_size))
@@ -143,6 +165,17 @@ def _converge_here(hostname, app, local: NodeState, cluster: ClusterState,
         steps.append(StopApplication(app.name))
     # While the container (re)starts, new connections wait instead of failing.
     return steps + _start(container, ports), (HELD if ports else None)
+
+
+def _give_up(name: str, writable: bool, owner: str, cluster: ClusterState):
+    """What a node does with a copy that names itself owner when ``owner``
+    holds the live one: a writable copy may hold writes nobody else has,
+    so it is set aside; a read-only one only records the real owner."""
+    if writable:
+        return YieldVolume(name, owner)
+    state = cluster.node(owner)
+    theirs = state.volume(name) if state is not None else None
+    return RecordOwner(name, owner, theirs.epoch if theirs is not None else None)
 
 
 def _acquired_elsewhere(hostname, name, local: NodeState,
@@ -156,10 +189,8 @@ def _acquired_elsewhere(hostname, name, local: NodeState,
     ours = local.volume(name)
     if ours is None or ours.owner != hostname or ours.writable:
         return None
-    others = sorted((not n.volume(name).writable, n.hostname)
-                    for n in cluster.nodes
-                    if n.hostname != hostname and n.claims(name))
-    return others[0][1] if others else None
+    owner = cluster.owner_of(name)
+    return owner if owner != hostname else None
 
 
 def move_out(app: Application, to: str, ports, running: bool) -> List:
@@ -188,24 +219,37 @@ def move_out(app: Application, to: str, ports, running: bool) -> List:
 
 
 def _converge_elsewhere(hostname, target, app, local: NodeState,
-                        cluster: ClusterState, running) -> Tuple[List, Optional[Route]]:
+                        cluster: ClusterState, running,
+                        takeover: Optional[TakeOverPlan], down: FrozenSet[str]
+                        ) -> Tuple[List, Optional[Route]]:
     ports = _ports(app)
-    acquired_by = (_acquired_elsewhere(hostname, app.name, local, cluster)
-                   if app.volume is not None else None)
-    if acquired_by is not None:
-        steps: List = [StopApplication(app.name)] if running is not None else []
-        steps.append(RecordOwner(app.name, acquired_by))
-        return steps, (proxy_to(target) if ports else None)
-    if app.volume is not None and local.claims(app.name):
-        # This node has the live copy: move it to the target.
-        is_running = running is not None and running.running
-        steps = []
-        if running is not None and not is_running:
-            steps.append(StopApplication(app.name))  # a crashed container
-        steps += move_out(container_application(app, hostname), target, ports,
-                          is_running)
-        # Not serving here yet: hold, not proxy, since the target forwards
-        # to us until it acquires the volume (a proxy both ways would loop).
-        return steps, ((LOCAL if is_running else HELD) if ports else None)
-    steps = [StopApplication(app.name)] if running is not None else []
+    name = app.name
+    steps: List = [StopApplication(name)] if running is not None else []
+    if app.volume is not None:
+        acquired_by = _acquired_elsewhere(hostname, name, local, cluster)
+        if acquired_by is not None:
+            steps.append(_give_up(name, False, acquired_by, cluster))
+            return steps, (proxy_to(target) if ports else None)
+        if stale_claim(hostname, name, cluster, down):
+            # We were declared down, or another copy took over while we were
+            # away: stop serving, keep our copy aside, proxy to the target.
+            steps.append(YieldVolume(name, cluster.owner_of(name)
+                                     if cluster.owner_of(name) != hostname else target))
+            return steps, (proxy_to(target) if ports else None)
+        if takeover is not None and takeover.source == hostname:
+            # We hold the freshest surviving copy: push it to the node taking
+            # over, then let it acquire it with the new epoch.
+            steps += [PushReplica(name, target), HandOver(name, target, takeover.epoch)]
+            return steps, (proxy_to(target) if ports else None)
+        if local.claims(name):
+            # This node has the live copy: move it to the target.
+            is_running = running is not None and running.running
+            steps = []
+            if running is not None and not is_running:
+                steps.append(StopApplication(name))  # a crashed container
+            steps += move_out(container_application(app, hostname), target, ports,
+                              is_running)
+            # Not serving here yet: hold, not proxy, since the target forwards
+            # to us until it acquires the volume (a proxy both ways would loop).
+            return steps, ((LOCAL if is_running else HELD) if ports else None)
     return steps, (proxy_to(target) if ports else None)

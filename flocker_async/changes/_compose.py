@@ -99,8 +99,8 @@ class UndoOnFailure:
     leaving the application down until the target returns.
     """
 
-    change: object
-    undo: object
+    change: IStateChange
+    undo: IStateChange
     application: str
     to: str
 

@@ -50,8 +50,6 @@ class IDeployer(Interface):
     peers = Attribute("An IPeers: the other nodes, for pushes and handoffs.")
     routes = Attribute("The node's RouteTable (applies INetwork states).")
     handoffs = Attribute("The node's Handoffs: volumes arriving from peers.")
-    volume_locks = Attribute("The node's VolumeLocks: one push of a volume "
-                             "at a time (moves and replication).")
     container_address = Attribute(
         "Callable: application name -> Deferred firing with the address its "
         "container listens on, or None when ports cannot be probed.")

@@ -19,7 +19,7 @@ from ._interfaces import ChangeFailed, IStateChange, NotOwner
 
 __all__ = ["CreateVolume", "MakeWritable", "PushVolume", "FinalPush",
            "HandOver", "RecordOwner", "WaitForHandoff", "newest_common",
-           "push_newest_snapshot"]
+           "push_snapshot", "push_newest_snapshot"]
 
 
 def newest_common(ours: List[str], theirs: List[str]) -> Optional[str]:
@@ -31,34 +31,54 @@ def newest_common(ours: List[str], theirs: List[str]) -> Optional[str]:
     return None
 
 
-async def push_newest_snapshot(deployer, context, name: str, to: str,
-                               phase: str) -> Snapshot:
+async def push_snapshot(deployer, context, name: str, to: str, phase: str,
+                        new_snapshot: bool = True) -> Snapshot:
     """
-    Snapshot volume ``name`` and push it to node ``to``: incrementally from
-    the newest snapshot both hold, in full if none (replacing an unrelated
-    old replica there).  Verified: fires only once ``to`` lists the new
-    snapshot.  ``phase`` names the push in progress events.
+    Push volume ``name`` to node ``to``: a new snapshot of it (or, with
+    ``new_snapshot=False``, its newest existing one: a replica's), in full
+    or incrementally from the newest snapshot both hold, replacing an
+    unrelated old replica there.  The receiver records the owner and epoch
+    our copy names.  Verified: fires only once ``to`` lists the snapshot.
+    ``phase`` names the push in progress events.
     """
     try:
-        return await _push(deployer, context, name, to, phase)
+        return await _push(deployer, context, name, to, phase, new_snapshot)
     except (ChangeFailed, defer.CancelledError):
         raise
     except Exception as e:
         # Say which transfer failed: the peer's words alone ("cannot
         # connect", "out of space") do not.
         raise ChangeFailed("%s volume %s to %s failed: %s" % (
-            "pushing" if phase == "push" else "the final push of",
+            "the final push of" if phase == "final-push" else "pushing",
             name, to, e)) from e
 
 
-async def _push(deployer, context, name: str, to: str, phase: str) -> Snapshot:
+async def push_newest_snapshot(deployer, context, name: str, to: str,
+                               phase: str) -> Snapshot:
+    """Snapshot volume ``name`` now and push it to ``to`` (see push_snapshot)."""
+    return await push_snapshot(deployer, context, name, to, phase)
+
+
+async def _push(deployer, context, name: str, to: str, phase: str,
+                new_snapshot: bool) -> Snapshot:
     volume = VolumeName(name)
     pool, peers = deployer.pool, deployer.peers
-    theirs = await peers.snapshots(to, name)
-    snapshot = await pool.snapshot(volume)
+    ours_now = await pool.get(volume)
+    theirs = await peers.snapshots(to, name, ours_now.epoch)
+    if new_snapshot:
+        snapshot = await pool.snapshot(volume)
     ours = [s.name for s in await pool.snapshots(volume)]
+    if not new_snapshot:
+        if not ours:
+            raise ChangeFailed("this node's copy of volume %s has no snapshot "
+                               "to push" % (name,))
+        snapshot = Snapshot(volume, ours[-1])
     base_name = newest_common([s for s in ours if s != snapshot.name], theirs)
     base = Snapshot(volume, base_name) if base_name else None
+    if snapshot.name in theirs:
+        context.emit("transferred", name, to=to, phase=phase, bytes=0,
+                     incremental=True)
+        return snapshot
     # The peer holds snapshots none of which we have: an old replica of an
     # earlier lineage, replaced by a full copy of the live one.
     replace = base is None and bool(theirs)
@@ -79,7 +99,8 @@ async def _push(deployer, context, name: str, to: str, phase: str) -> Snapshot:
     poll.clock = deployer.reactor
     poll.start(1.0, now=False)
     try:
-        await peers.push(to, name, start_send, replace=replace)
+        await peers.push(to, name, start_send, replace=replace,
+                         owner=ours_now.owner, epoch=ours_now.epoch)
     finally:
         if poll.running:
             poll.stop()
@@ -174,23 +195,31 @@ class FinalPush:
 @implementer(IStateChange)
 @frozen
 class HandOver:
-    """Ask ``to`` to take the volume (its ``acquire``): from then on its copy
-    is the live one; record it as the owner here and prune what neither
-    side needs any more."""
+    """
+    Ask ``to`` to take the volume (its ``acquire``), raising the ownership
+    epoch (to ``epoch`` if given, else one more than this copy's): from
+    then on its copy is the live one; record it as the owner here and prune
+    what neither side needs any more.
+    """
 
     name: str
     to: str
+    epoch: Optional[int] = None
 
     @property
     def summary(self) -> str:
-        return "hand volume %s over to %s" % (self.name, self.to)
+        return "hand volume %s over to %s" % (self.name, self.to) + (
+            " (epoch %d)" % (self.epoch,) if self.epoch is not None else "")
 
     @deferred
     async def run(self, deployer, context):
         volume = VolumeName(self.name)
-        context.emit("acquire", self.name, to=self.to)
-        await deployer.peers.acquire(self.to, self.name)
-        await deployer.pool.set_owner(volume, self.to)
+        epoch = self.epoch
+        if epoch is None:
+            epoch = (await deployer.pool.get(volume)).epoch + 1
+        context.emit("acquire", self.name, to=self.to, epoch=epoch)
+        await deployer.peers.acquire(self.to, self.name, epoch)
+        await deployer.pool.set_owner(volume, self.to, epoch)
         theirs = await deployer.peers.snapshots(self.to, self.name)
         pruned = await deployer.pool.prune_snapshots(
             volume, [Snapshot(volume, s) for s in theirs])
@@ -202,10 +231,12 @@ class HandOver:
 class RecordOwner:
     """This node's read-only copy still names itself owner, but ``owner``
     has acquired the volume (the handoff was cut between the peer's
-    ``acquire`` and recording it here): record the new owner."""
+    ``acquire`` and recording it here): record the new owner (and its
+    ``epoch``, when known)."""
 
     name: str
     owner: str
+    epoch: Optional[int] = None
 
     @property
     def summary(self) -> str:
@@ -213,7 +244,8 @@ class RecordOwner:
 
     def run(self, deployer, context):
         context.emit("record-owner", self.name, owner=self.owner)
-        return deployer.pool.set_owner(VolumeName(self.name), self.owner)
+        return deployer.pool.set_owner(VolumeName(self.name), self.owner,
+                                       self.epoch or None)
 
 
 @implementer(IStateChange)

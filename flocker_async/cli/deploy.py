@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, TextIO
 from twisted.python import usage
 
 from .. import __version__
-from ..config import ConfigurationError, load_configuration
+from ..config import ConfigurationError, Problem, load_configuration, normalise_node_address
 
 EXIT_OK = 0
 EXIT_CONFIGURATION = 1
@@ -37,9 +37,11 @@ class DeployOptions(usage.Options):
         "valid and every node answers.  Then each node's flocker-node daemon "
         "is sent the deployment over SSH, all at once, and progress is shown "
         "per node.  An application moved to another node takes its volume "
-        "with it.  Exit status: 0 every node converged, 1 invalid "
-        "configuration or local set-up, 2 a node failed or could not be "
-        "reached, 64 wrong usage.")
+        "with it.  With --down, nodes declared dead are left out and their "
+        "applications taken over.  Exit status: 0 every node converged, 1 "
+        "invalid configuration or local set-up (or a --down node that "
+        "answers), 2 a node failed or could not be reached (or a take-over "
+        "has no surviving copy), 64 wrong usage.")
 
     optFlags = [
         ["validate", None,
@@ -63,6 +65,16 @@ class DeployOptions(usage.Options):
         ["timeout", None, "3600",
          "Seconds a node may go silent during a deploy before it counts as "
          "failed."],
+        ["down", None, None,
+         "NODE[,NODE...]: declare these nodes dead (as the deployment file names "
+         "them, or by address).  They are not contacted; every other node is "
+         "deployed to as usual, and an application whose volume's owner is down "
+         "starts where the deployment file puts it, from the freshest surviving "
+         "copy (replicated to its standbys).  Before acting, how much may be "
+         "lost is printed per application.  Refused if a node named answers.  "
+         "Use it only for a node that is really gone: a partitioned node that "
+         "still runs keeps serving whoever reaches it until it returns, and then "
+         "yields, keeping what it wrote aside."],
     ]
 
     def opt_version(self):
@@ -85,6 +97,18 @@ class DeployOptions(usage.Options):
             raise usage.UsageError("--port must be a port number from 1 to 65535, "
                                    "got %r" % (port,))
         self["port"] = int(port)
+        down = []
+        for name in (self["down"] or "").split(","):
+            if not name.strip():
+                continue
+            normal, why = normalise_node_address(name.strip())
+            if normal is None:
+                raise usage.UsageError("--down: %s" % (why,))
+            if normal not in down:
+                down.append(normal)
+        if self["down"] is not None and not down:
+            raise usage.UsageError("--down needs at least one node")
+        self["down"] = down
         try:
             self["timeout"] = float(self["timeout"])
         except ValueError:
@@ -110,23 +134,58 @@ def load(options, err: TextIO):
         return None
 
 
+def down_problems(options, deployment) -> List[Problem]:
+    """What the deployment file asks of nodes --down declares dead."""
+    down = set(options["down"])
+    source = options["deployment_file"]
+    problems = []
+    for node in sorted(deployment.nodes, key=lambda n: n.hostname):
+        if node.hostname in down and node.applications:
+            problems.append(Problem(source, 'nodes["%s"]' % (node.hostname,), (
+                "node %s is declared down (--down) but applications %s are placed "
+                "on it; put them on a live node" % (node.hostname, ", ".join(
+                    sorted(a.name for a in node.applications))))))
+    for app, nodes in deployment.standby:
+        for i, node in enumerate(nodes):
+            if node in down:
+                problems.append(Problem(source, "standby.%s[%d]" % (app, i), (
+                    "node %s is declared down (--down); it cannot keep a replica"
+                    % (node,))))
+    return problems
+
+
+def report(problems, options, err: TextIO) -> int:
+    for problem in problems:
+        err.write("%s\n" % (problem,))
+    err.write("%s in %s and %s; nothing was deployed.\n" % (
+        _plural(len(problems), "problem"),
+        options["deployment_file"], options["application_file"]))
+    return EXIT_CONFIGURATION
+
+
 def validate(options, out: TextIO, err: TextIO) -> int:
     deployment = load(options, err)
     if deployment is None:
         return EXIT_CONFIGURATION
+    problems = down_problems(options, deployment)
+    if problems:
+        return report(problems, options, err)
     apps = sorted(app.name for _, app in deployment.applications())
     out.write("valid: %s (%s) on %s (%s)\n" % (
         _plural(len(apps), "application"), ", ".join(apps) or "none",
         _plural(len(deployment.nodes), "node"),
         ", ".join(sorted(n.hostname for n in deployment.nodes)) or "none"))
+    for app, nodes in deployment.standby:
+        out.write("standby: %s -> %s\n" % (app, ", ".join(nodes)))
     return EXIT_OK
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
             return ("%.0f %s" if unit == "B" else "%.1f %s") % (n, unit)
         n /= 1024.0
+    return "%.1f TiB" % (n,)
 
 
 def describe(event: dict) -> Optional[str]:
@@ -160,7 +219,11 @@ def describe(event: dict) -> Optional[str]:
         "handed-over": "handed over volume", "received": "received volume",
         "record-owner": "recorded the new owner of volume",
         "unroute": "removed routes of",
+        "take-over": "took over volume",
     }
+    if action == "set-aside":
+        return ("set its copy of volume %s aside (it lost ownership; kept read-only "
+                "at %s until an operator discards it)" % (app, event.get("mountpoint")))
     return "%s %s" % (words.get(action, action), app)
 
 
@@ -215,6 +278,9 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
     deployment = load(options, err)
     if deployment is None:
         return EXIT_CONFIGURATION
+    problems = down_problems(options, deployment)
+    if problems:
+        return report(problems, options, err)
     clashes = sorted(app.name for _, app in deployment.applications()
                      if any(p.external_port == options["port"] for p in app.ports))
     if clashes:
@@ -230,7 +296,7 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
         err.write("flocker-deploy: no identity key at %s; give one with -i or "
                   "$FLOCKER_IDENTITY\n" % (options["identity"],))
         return EXIT_CONFIGURATION
-    except (keys.EncryptedKeyError, keys.PassphraseError):
+    except keys.EncryptedKeyError:
         err.write("flocker-deploy: the identity key %s is encrypted; use an "
                   "unencrypted key for flocker-deploy\n" % (options["identity"],))
         return EXIT_CONFIGURATION
@@ -247,25 +313,47 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
     from .. import deploy as deploy_lib
     from ..ssh import SSHClient
 
-    nodes = sorted(n.hostname for n in deployment.nodes)
+    nodes = sorted(n.hostname for n in deployment.nodes
+                   if n.hostname not in options["down"])
     progress = Progress(out, nodes, live=out.isatty())
     outcome = {"status": EXIT_OK}
+
+    def takeover(lines):
+        for line in lines:
+            out.write("take-over: %s\n" % (line,))
+        out.flush()
 
     async def main(reactor):
         client = SSHClient(reactor, identity, options["known-hosts"],
                            idle_timeout=options["timeout"])
+        port = options["port"]
         try:
+            down = {}
+            if options["down"]:
+                down = await deploy_lib.resolve_down(reactor, options["down"])
+                await deploy_lib.check_down(reactor, client, down, port)
             if dry:
-                infos = await deploy_lib.gather(reactor, client, deployment,
-                                                options["port"])
-                for name, change in deploy_lib.dry_run(deployment, infos).items():
+                live = deploy_lib.live_part(deployment, down)
+                infos = await deploy_lib.gather(reactor, client, live, port)
+                if down:
+                    takeover(deploy_lib.takeover_report(deployment, infos, down))
+                for name, change in deploy_lib.dry_run(deployment, infos, down).items():
                     steps = _steps(change)
                     out.write("%s (%s):\n" % (name, infos[name].address))
                     for step in steps:
                         out.write("  %s\n" % (step,))
                 return
-            await deploy_lib.deploy(reactor, client, deployment, options["port"],
-                                    progress.event)
+            await deploy_lib.deploy(reactor, client, deployment, port,
+                                    progress.event, down=down, on_takeover=takeover)
+        except deploy_lib.DownNodeAnswers as e:
+            for node in e.nodes:
+                err.write("flocker-deploy: node %s answers: it is not down; nothing "
+                          "was changed (deploy without --down for it)\n" % (node,))
+            outcome["status"] = EXIT_CONFIGURATION
+        except deploy_lib.TakeOverRefused as e:
+            for line in e.lines:
+                err.write("flocker-deploy: %s\n" % (line,))
+            outcome["status"] = EXIT_NODE_FAILED
         except deploy_lib.DeployFailed as e:
             for failure in e.failures:
                 err.write("flocker-deploy: node %s failed: %s\n" % (failure.node,
@@ -295,7 +383,7 @@ def _steps(change) -> List[str]:
     """The plan a node would run, one line per step, in order; a step with
     an undo shows it indented below."""
     from ..changes import SetRoutes, UndoOnFailure, leaves
-    result = []
+    result: List[str] = []
     for step in leaves(change):
         if isinstance(step, SetRoutes):
             result.extend("route %s %s" % (name, route) for name, _, route in step.routes)
@@ -308,7 +396,8 @@ def _steps(change) -> List[str]:
     return result
 
 
-def main(argv: Optional[List[str]] = None, out: TextIO = None, err: TextIO = None) -> int:
+def main(argv: Optional[List[str]] = None, out: Optional[TextIO] = None,
+         err: Optional[TextIO] = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     options = DeployOptions()

@@ -17,15 +17,14 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from .._async import deferred
-from ..changes import ChangeFailed, IDeployer, newest_common
+from ..changes import IDeployer
 from ..docker import configuration_digest
 from ..model import Application, ApplicationState, NodeState, VolumeState
-from ..wire import resolve_ipv4
+from ..volume import VolumeNotFound
 from ._handoffs import Handoffs
-from ._interfaces import IPeers
 from ._routes import RouteTable
 
-__all__ = ["Deployer", "IPeers", "ChangeFailed", "newest_common", "resolve_ipv4"]
+__all__ = ["Deployer"]
 
 
 @implementer(IDeployer)
@@ -57,15 +56,22 @@ class Deployer:
 
     @deferred
     async def discover(self) -> NodeState:
-        """This node's ``NodeState``, read from the backends."""
+        """This node's ``NodeState``, read from the backends: containers,
+        and each copy of a volume with its owner, epoch and snapshots."""
         units = await self.docker.list()
-        volumes = await self.pool.enumerate()
+        volumes = []
+        for v in await self.pool.enumerate():
+            try:
+                snapshots = [s.name for s in await self.pool.snapshots(v.name)]
+            except VolumeNotFound:
+                continue  # gone since it was listed
+            volumes.append(VolumeState(v.name.value, v.owner, not v.read_only,
+                                       snapshots, v.epoch))
         return NodeState(
             hostname=self.hostname,
             applications=[ApplicationState(u.name, u.running, u.config_digest)
                           for u in units],
-            volumes=[VolumeState(v.name.value, v.owner, not v.read_only)
-                     for v in volumes])
+            volumes=volumes)
 
     def digest(self, application: Application) -> str:
         path = (self.volume_path(application.name)

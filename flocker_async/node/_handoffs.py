@@ -14,13 +14,19 @@ from typing import Dict, List, Optional, Tuple
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
-from .._async import deferred
+from .._async import deferred, sleep
 from ..changes import ChangeFailed
 from ..volume import VolumeName, VolumeNotFound
 
 __all__ = ["Handoffs"]
 
 _Waiter = Tuple[Deferred, IDelayedCall, float]
+
+# Snapshots a replica keeps after each receive (only generated ones count).
+REPLICA_SNAPSHOTS = 3
+# How long a push from a newer owner waits for this node to set aside its
+# own stale copy of the volume before it is refused.
+YIELD_WAIT = 60.0
 
 
 class Handoffs:
@@ -87,36 +93,50 @@ class Handoffs:
                                % (source, name, failed_because))
 
     @deferred
-    async def acquire(self, name: str, context) -> None:
+    async def acquire(self, name: str, context, epoch: Optional[int] = None) -> None:
         """Become the owner of a volume a peer has pushed here (its
-        ``acquire``); idempotent."""
+        ``acquire``), with ownership ``epoch`` (else one more than our
+        copy's); idempotent."""
         self.note_activity(name)
         volume = VolumeName(name)
         current = await self.pool.get(volume)
         if current.owned_by(self.hostname) and not current.read_only:
             return
+        if epoch is None:
+            epoch = current.epoch + 1
+        elif epoch <= current.epoch:
+            raise ChangeFailed(
+                "refusing to acquire volume %s with epoch %d: this node's copy "
+                "already has epoch %d" % (name, epoch, current.epoch))
         # New connections wait until the application runs here.
         await self.routes.hold(name, context)
-        await self.pool.set_owner(volume, self.hostname)
+        await self.pool.set_owner(volume, self.hostname, epoch)
         await self.pool.set_read_only(volume, False)
-        context.emit("acquired", name)
+        context.emit("acquired", name, epoch=epoch)
         self._settle(name, None)
 
     @deferred
-    async def receiver(self, name: str, replace: bool, context):
-        """An ``IReceiveStream`` for a peer's push of ``name`` that counts
-        as handoff activity; ``replace`` discards an unrelated old replica
-        first (never the live copy)."""
+    async def receiver(self, name: str, replace: bool, context,
+                       owner: Optional[str] = None, epoch: Optional[int] = None):
+        """
+        An ``IReceiveStream`` for a peer's push of ``name`` that counts as
+        handoff activity.  ``replace`` discards an unrelated old replica
+        first (never the live copy).  ``owner``/``epoch``: what the
+        sender's copy records; a push from a copy with a lower epoch than
+        ours is refused (the sender is no longer the owner), and once
+        received the replica records them.
+        """
         volume = VolumeName(name)
         self.note_activity(name)
-        if replace:
-            try:
-                current = await self.pool.get(volume)
-            except VolumeNotFound:
-                current = None
-            if current is not None and not current.owned_by(self.hostname):
-                context.emit("discard-replica", name)
-                await self.pool.discard_replica(volume)
+        current = await self.settled_copy(volume, epoch)
+        if current is not None and epoch is not None and epoch < current.epoch:
+            raise ChangeFailed(
+                "refusing a push of volume %s from a copy with epoch %d: this "
+                "node's copy has epoch %d (owner %s); the sender no longer "
+                "owns it" % (name, epoch, current.epoch, current.owner))
+        if replace and current is not None and not current.owned_by(self.hostname):
+            context.emit("discard-replica", name)
+            await self.pool.discard_replica(volume)
         stream = self.pool.receive(volume)
 
         def failed(failure):
@@ -124,8 +144,44 @@ class Handoffs:
             # reason, instead of when the source's next retry stops coming.
             self._settle(name, failure.getErrorMessage())
             return failure
-        stream.done.addErrback(failed)
+
+        def received(snapshot):
+            return self._after_receive(volume, owner, epoch).addCallback(
+                lambda _: snapshot)
+        stream.done.addCallbacks(received, failed)
         return _ActivityReceiver(stream, lambda: self.note_activity(name))
+
+    async def _current(self, volume: VolumeName):
+        try:
+            return await self.pool.get(volume)
+        except VolumeNotFound:
+            return None
+
+    @deferred
+    async def settled_copy(self, volume: VolumeName, epoch: Optional[int]):
+        """
+        This node's copy of ``volume`` (None if none) as a peer whose copy
+        has ownership ``epoch`` should see it: while ours still claims the
+        volume with a lower epoch, this node is setting it aside (its own
+        plan yields it), so wait for that, up to ``YIELD_WAIT`` seconds.
+        """
+        current = await self._current(volume)
+        deadline = self.clock.seconds() + YIELD_WAIT
+        while (current is not None and epoch is not None and epoch > current.epoch
+               and current.owned_by(self.hostname)
+               and self.clock.seconds() < deadline):
+            await sleep(self.clock, 0.2)
+            current = await self._current(volume)
+        return current
+
+    @deferred
+    async def _after_receive(self, volume: VolumeName, owner: Optional[str],
+                             epoch: Optional[int]) -> None:
+        if owner is not None:
+            await self.pool.set_owner(volume, owner, epoch or None)
+        # A replica keeps its newest few snapshots: the owner's next
+        # increment starts from the newest, which it keeps too.
+        await self.pool.trim_snapshots(volume, REPLICA_SNAPSHOTS)
 
 
 class _ActivityReceiver:

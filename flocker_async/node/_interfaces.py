@@ -20,19 +20,32 @@ class IPeers(Interface):
         cannot be reached (its calls fail with ``ChangeFailed``).
         """
 
-    def snapshots(node, volume):
+    def snapshots(node, volume, epoch=None):
         """Fire with the snapshot names ``node`` holds of ``volume``
-        (oldest first; none when it holds no copy)."""
+        (oldest first; none when it holds no copy).  ``epoch``: the asking
+        copy's ownership epoch; a node whose own copy still claims the
+        volume with a lower one answers once it has set that copy aside."""
 
-    def push(node, volume, start_send, replace=False):
+    def push(node, volume, start_send, replace=False, owner=None, epoch=None):
         """
         Stream a volume into ``node``'s ``receive``: ``start_send(consumer)``
         starts the send stream writing into ``consumer`` and returns it (an
         ``ISendStream``).  Fires with the bytes sent when ``node`` has
         received it all; fails with what ``node`` said otherwise.
         ``replace``: the stream is a full one and ``node`` holds an older,
-        unrelated replica, to be discarded first.
+        unrelated replica, to be discarded first.  ``owner`` and ``epoch``:
+        what the sender's copy records, for ``node`` to record on its
+        replica; ``node`` refuses a push whose epoch is lower than its own
+        copy's (a former owner's).
         """
 
-    def acquire(node, volume):
-        """Ask ``node`` to become the owner of ``volume`` (the handoff)."""
+    def acquire(node, volume, epoch=None):
+        """Ask ``node`` to become the owner of ``volume`` (the handoff),
+        with ownership ``epoch`` (else one more than its copy's)."""
+
+    def sync(node, generation):
+        """
+        Anti-entropy: tell ``node`` our deployment's ``generation`` and
+        fire with its ``PeerSync`` (its generation, its persisted request,
+        its state).  ``node`` converges soon if ours is newer than its own.
+        """

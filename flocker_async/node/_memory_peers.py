@@ -6,7 +6,7 @@ backends; the IPeers contract suite checks it against the SSH peers.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -30,8 +30,12 @@ class MemoryPeers:
     def __init__(self, deployers, sinks: Optional[Dict] = None):
         self.deployers = deployers
         self.sinks = sinks if sinks is not None else {}
-        self.bytes_pushed = []
+        self.bytes_pushed: List[Tuple[str, str, int]] = []
         self.named: Optional[set] = None
+        # Anti-entropy: host name -> callable(caller, generation) firing
+        # with a PeerSync, as each node's ``sync`` command answers.
+        self.syncs: Dict = {}
+        self.caller: Optional[str] = None
 
     def set_peers(self, peers: Iterable) -> None:
         self.named = {p.address for p in peers}
@@ -49,9 +53,11 @@ class MemoryPeers:
         return RunContext(node, self.sinks.get(node, lambda event: None))
 
     @deferred
-    async def snapshots(self, node, volume):
+    async def snapshots(self, node, volume, epoch=None):
         peer = self._peer(node)
         peer.handoffs.note_activity(volume)
+        if await peer.handoffs.settled_copy(VolumeName(volume), epoch) is None:
+            return []
         try:
             snapshots = await peer.pool.snapshots(VolumeName(volume))
         except VolumeNotFound:
@@ -59,10 +65,12 @@ class MemoryPeers:
         return [s.name for s in snapshots]
 
     @deferred
-    async def push(self, node, volume, start_send, replace=False):
+    async def push(self, node, volume, start_send, replace=False, owner=None,
+                   epoch=None):
         peer = self._peer(node)
         context = self._context(node)
-        receiver = await peer.handoffs.receiver(volume, replace, context)
+        receiver = await peer.handoffs.receiver(volume, replace, context,
+                                                owner=owner, epoch=epoch)
         stream = start_send(receiver)
         try:
             sent = await stream.done
@@ -79,6 +87,23 @@ class MemoryPeers:
         self.bytes_pushed.append((node, volume, stream.bytes_sent))
         return sent
 
-    def acquire(self, node, volume):
+    def acquire(self, node, volume, epoch=None):
         return defer.maybeDeferred(
-            lambda: self._peer(node).handoffs.acquire(volume, self._context(node)))
+            lambda: self._peer(node).handoffs.acquire(volume, self._context(node),
+                                                      epoch))
+
+    def sync(self, node, generation):
+        """What ``node``'s ``sync`` command answers (its answering callable
+        is registered in ``syncs``), asked by ``caller``."""
+        def ask():
+            self._peer(node)
+            return self.syncs[node](self.caller, generation)
+        return defer.maybeDeferred(ask)
+
+    def as_node(self, host: str) -> "MemoryPeers":
+        """The same peers, as node ``host`` reaches them."""
+        view = MemoryPeers(self.deployers, self.sinks)
+        view.bytes_pushed = self.bytes_pushed
+        view.syncs = self.syncs
+        view.caller = host
+        return view

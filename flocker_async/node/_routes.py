@@ -6,7 +6,7 @@ backend as one whole new state, one at a time.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -57,9 +57,11 @@ class RouteTable:
     @deferred
     async def _apply_now(self, change: Callable[[Table], Table], context):
         table = change(self.table)
-        proxies, open_ports, held = [], [], []
+        proxies: List[Proxy] = []
+        open_ports: List[OpenPort] = []
+        held: List[HeldPort] = []
         for name, (ports, route) in sorted(table.items()):
-            if route.kind == "proxy":
+            if route.kind == "proxy" and route.target is not None:
                 address = await self.resolve(route.target)
                 proxies.extend(Proxy(name, p, address) for p in ports)
             elif route.kind == "local":

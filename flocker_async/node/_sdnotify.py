@@ -69,7 +69,7 @@ class SystemdNotifier:
                 _log.warn("ignoring NOTIFY_SOCKET={socket}: not a path or "
                           "@abstract name", socket=raw)
             return False
-        message = "".join("%s=%s\n" % (key, _field(value))
+        message = "".join("%s=%s\n" % (key, _field(str(value)))
                           for key, value in fields.items()).encode("utf-8")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:

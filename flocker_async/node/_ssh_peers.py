@@ -15,7 +15,7 @@ from zope.interface import implementer
 from .._async import deferred
 from ..changes import ChangeFailed
 from ..ssh import SSHClient
-from ..wire import Peer
+from ..wire import Peer, decode_sync
 from ._interfaces import IPeers
 
 __all__ = ["SSHPeers"]
@@ -92,18 +92,28 @@ class SSHPeers:
         return self.client.run(node, port, argv, **kwargs)
 
     @deferred
-    async def snapshots(self, node, volume):
-        result = await self._run(node, ["snapshots", volume])
+    async def snapshots(self, node, volume, epoch=None):
+        result = await self._run(node, ["snapshots", volume] + (
+            ["--epoch", str(int(epoch))] if epoch is not None else []))
         return [line for line in result.stdout.decode("ascii", "replace").splitlines()
                 if line]
 
     @deferred
-    async def push(self, node, volume, start_send, replace=False):
+    async def push(self, node, volume, start_send, replace=False, owner=None,
+                   epoch=None):
         body = _SendBody(start_send)
-        argv = ["receive"] + (["--replace"] if replace else []) + [volume]
-        await self._run(node, argv, stdin_producer=body)
+        argv = ["receive"] + (["--replace"] if replace else [])
+        if owner is not None:
+            argv += ["--owner", owner, "--epoch", str(int(epoch or 0))]
+        await self._run(node, argv + [volume], stdin_producer=body)
         return body.stream.bytes_sent if body.stream is not None else 0
 
     @deferred
-    async def acquire(self, node, volume):
-        await self._run(node, ["acquire", volume])
+    async def acquire(self, node, volume, epoch=None):
+        await self._run(node, ["acquire", volume] + (
+            [str(int(epoch))] if epoch is not None else []))
+
+    @deferred
+    async def sync(self, node, generation):
+        result = await self._run(node, ["sync", str(int(generation))])
+        return decode_sync(result.stdout, source="%s sync" % (node,))

@@ -3,10 +3,15 @@ The flocker-node service: an SSH listener serving the fixed command set,
 and the convergence loop keeping the node as the last ``apply`` asked.
 
     FlockerNodeService (MultiService)
-      ├─ the SSH server (TCP, conch) ........ version state apply
-      │                                       snapshots receive acquire
-      └─ NodeConvergence ..................... on start, on apply, every
-                                               convergence_interval seconds
+      ├─ SSHListener (conch) ................. version state lease apply
+      │                                       snapshots receive acquire sync
+      ├─ NodeConvergence ..................... on start, on apply, every
+      │                                       convergence_interval seconds
+      │                                       (first asking its peers for a
+      │                                       newer deployment: anti-entropy)
+      └─ Replicator .......................... pushes owned volumes to their
+                                               standbys every
+                                               replication_interval seconds
 
 What ``apply`` receives is persisted (atomically) before the node acts; on
 every start the daemon reloads it, rediscovers Docker, ZFS and iptables and
@@ -16,9 +21,10 @@ daemon are mended without anyone running flocker-deploy.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -33,7 +39,8 @@ from zope.interface import implementer
 
 from .. import __version__
 from .._async import deferred
-from ..changes import RunContext, calculate_changes
+from ..changes import (
+    MOVING_STEPS, ChangeFailed, RunContext, calculate_changes, leaves)
 from ..config import NAME_PATTERN, ConfigurationError, Problem
 from ..ssh import (
     OPERATOR,
@@ -45,12 +52,16 @@ from ..ssh import (
     make_ssh_factory,
     public_key_line,
 )
-from ..volume import VolumeName, VolumeNotFound
+from ..volume import VolumeError, VolumeName, VolumeNotFound
+from ..volume._interfaces import SET_ASIDE_LABEL
 from ._config import NodeConfiguration, load_operator_keys
-from ..wire import MAX_REQUEST_BYTES, decode_apply, encode_node_state, resolve_ipv4
+from ..wire import (
+    MAX_REQUEST_BYTES, PeerSync, decode_apply, encode_node_state, encode_sync,
+    resolve_ipv4, retarget_apply)
 from ._deployer import Deployer
 from ._keys import load_node_keys
 from ._persist import DesiredStateStore, write_atomically
+from ._replication import Replicator
 from ._sdnotify import SystemdNotifier
 
 __all__ = ["make_node_service", "NodeConvergence", "NodeEvents",
@@ -59,6 +70,46 @@ __all__ = ["make_node_service", "NodeConvergence", "NodeEvents",
 log = Logger()
 
 PEERS_KNOWN_HOSTS = "peers_known_hosts"
+KNOWN_OWNERS = "known_owners.json"
+
+
+class KnownOwners:
+    """
+    The owner (and its epoch) of every volume this node has seen claimed,
+    kept in a small file so a restart does not forget it: a node that dies
+    with the only copy of a volume is still known to have owned it, and a
+    take-over then refuses rather than starting the application empty.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._owners: Dict[str, list] = {}
+        try:
+            with open(path, "rb") as f:
+                loaded = json.loads(f.read())
+            self._owners = {k: [str(v[0]), int(v[1])] for k, v in loaded.items()
+                            if NAME_PATTERN.match(k)}
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            self._owners = {}
+
+    def learn(self, states) -> None:
+        changed = False
+        for state in states:
+            for volume in state.volumes:
+                if not state.claims(volume.name):
+                    continue
+                known = self._owners.get(volume.name)
+                if known is None or volume.epoch >= known[1]:
+                    if known != [state.hostname, volume.epoch]:
+                        self._owners[volume.name] = [state.hostname, volume.epoch]
+                        changed = True
+        if changed:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            write_atomically(self.path, json.dumps(
+                self._owners, sort_keys=True).encode("utf-8"), 0o600)
+
+    def owners(self) -> Dict[str, str]:
+        return {name: owner for name, (owner, _) in sorted(self._owners.items())}
 
 
 class NodeEvents:
@@ -106,7 +157,20 @@ class NodeConvergence(Service):
         self.ssh_port = ssh_port
         self.events = NodeEvents()
         self.request = None
+        # The persisted request's bytes: what a peer's ``sync`` is given.
+        self.request_bytes: Optional[bytes] = None
         self.lock = defer.DeferredLock()
+        # When each peer was last heard from (reactor time): an incoming
+        # peer command, or an answered ``sync``.
+        self.heard: Dict[str, float] = {}
+        self._peer_fingerprints: Dict[str, str] = {}
+        # Who owns each volume as far as this node has seen (the last
+        # deployment's cluster state, then every peer's answers): what a
+        # take-over must account for even when no copy survives.
+        self.known_owners = KnownOwners(os.path.join(store.directory, KNOWN_OWNERS))
+        # The standby replication, paused for volumes a run moves.
+        self.replicator: Optional[Replicator] = None
+        self.sync_timeout = 5.0
         self._loop = None
         self.last_error: Optional[str] = None
         # The deploy holding this node (see the ``lease`` command): its id,
@@ -115,24 +179,34 @@ class NodeConvergence(Service):
 
     # --- the desired state ----------------------------------------------------
 
+    @property
+    def generation(self) -> int:
+        """The generation of the deployment this node converges to."""
+        return self.request.generation if self.request is not None else 0
+
     def load(self):
         data = self.store.load()
         if data is None:
             log.info("no desired state yet; waiting for flocker-deploy")
             return
         try:
-            self._adopt(decode_apply(data, source=self.store.path))
+            self._adopt(decode_apply(data, source=self.store.path), data)
         except ConfigurationError as e:
             # Never act on a file we cannot fully read.
             log.error("ignoring unreadable desired state {path}: {problems}",
                       path=self.store.path, problems=str(e))
 
-    def _adopt(self, request):
+    def _adopt(self, request, data: bytes):
         self.request = request
+        self.request_bytes = data
         from twisted.conch.ssh import keys
+        from ..ssh import fingerprint
         peers = [p for p in request.peers if p.address != self.deployer.hostname]
-        self.authorizer.set_keys(PEER, [keys.Key.fromString(p.node_key.encode())
-                                        for p in peers])
+        peer_keys = [keys.Key.fromString(p.node_key.encode()) for p in peers]
+        self.authorizer.set_keys(PEER, peer_keys)
+        self._peer_fingerprints = {fingerprint(k): p.address
+                                   for k, p in zip(peer_keys, peers)}
+        self.known_owners.learn(request.cluster.nodes)
         lines = "".join("[%s]:%d %s\n" % (p.address, p.ssh_port, p.host_key)
                         for p in peers)
         write_atomically(self.known_hosts_path, lines.encode("ascii"))
@@ -164,13 +238,20 @@ class NodeConvergence(Service):
             raise ConfigurationError([_problem(
                 "node", "this node is %s; the request is for %s"
                 % (self.deployer.hostname, request.node))])
+        if request.generation < self.generation:
+            raise ConfigurationError([_problem(
+                "generation", "this node already converges to a newer deployment "
+                "(generation %d, this one is %d): another deploy came after the "
+                "one that sent this; nothing was changed, run flocker-deploy again"
+                % (self.generation, request.generation))])
         self.store.save(data)
-        self._adopt(request)
-        log.info("apply {deploy_id}: desired state saved", deploy_id=request.deploy_id)
-        return self.lock.run(self._converge, emit, self.apply_handoff_timeout)
+        self._adopt(request, data)
+        log.info("apply {deploy_id}: desired state saved (generation {generation})",
+                 deploy_id=request.deploy_id, generation=request.generation)
+        return self.lock.run(self._converge, emit, self.apply_handoff_timeout, False)
 
     def describe_lease(self) -> str:
-        lease = self.lease
+        lease = self.lease or {}
         return "deploy %s by key %s from %s, for %d s" % (
             lease["deploy_id"], lease["key"], lease["peer"],
             self.reactor.seconds() - lease["since"])
@@ -178,7 +259,7 @@ class NodeConvergence(Service):
     def converge_now(self) -> Deferred:
         if self.lock.locked:
             return defer.succeed(None)
-        d = self.lock.run(self._converge, None, self.periodic_handoff_timeout)
+        d = self.lock.run(self._converge, None, self.periodic_handoff_timeout, True)
 
         def report(failure):
             message = failure.getErrorMessage()
@@ -187,22 +268,101 @@ class NodeConvergence(Service):
             self.last_error = message
         return d.addErrback(report)
 
-    def _converge(self, emit, handoff_timeout) -> Deferred:
+    def _converge(self, emit, handoff_timeout, sync: bool) -> Deferred:
         stop_listening = self.events.listening(emit) if emit else lambda: None
-        d = self._converge_once(self.context(handoff_timeout))
+        d = self._converge_once(self.context(handoff_timeout), sync)
         return d.addBoth(lambda result: (stop_listening(), result)[1])
 
     @deferred
-    async def _converge_once(self, context: RunContext) -> None:
+    async def _converge_once(self, context: RunContext, sync: bool) -> None:
+        fresh = await self.anti_entropy() if sync else []
         if self.request is None:
             return
+        request = self.request
+        cluster = request.cluster
+        for state in fresh:
+            cluster = cluster.with_node(state)
         local = await self.deployer.discover()
-        cluster = self.request.cluster.with_node(local)
-        change = calculate_changes(self.deployer.hostname,
-                                   self.request.deployment, cluster,
-                                   self.deployer.digest)
-        await change.run(self.deployer, context)
+        cluster = cluster.with_node(local)
+        self.known_owners.learn(fresh + [local])
+        change = calculate_changes(self.deployer.hostname, request.deployment,
+                                   cluster, self.deployer.digest, down=request.down)
+        resume = (self.replicator.pause(_volumes_moved(change))
+                  if self.replicator is not None else lambda: None)
+        try:
+            await change.run(self.deployer, context)
+        finally:
+            resume()
         self.last_error = None
+
+    # --- anti-entropy -------------------------------------------------------------
+
+    def heard_from(self, session) -> None:
+        """Note a peer command's caller as heard from now."""
+        address = self._peer_fingerprints.get(getattr(session, "key_fingerprint", ""))
+        if address is not None:
+            self.heard[address] = self.reactor.seconds()
+
+    @deferred
+    async def answer_sync(self, theirs: int):
+        """What this node's ``sync`` answers a peer at generation ``theirs``:
+        (PeerSync, snapshots).  A newer generation there means this node
+        is behind: it converges soon, learning the newer deployment."""
+        if theirs > self.generation:
+            log.info("a peer has deployment generation {theirs}, newer than "
+                     "ours ({ours}): converging", theirs=theirs, ours=self.generation)
+            self.reactor.callLater(0, self.converge_now)
+        local = await self.deployer.discover()
+        return (PeerSync(self.generation, self.request_bytes, local),
+                {v.name: list(v.snapshots) for v in local.volumes})
+
+    @deferred
+    async def anti_entropy(self):
+        """
+        Ask every peer the deployment names (except those declared down) for
+        its generation and state, at once, each within ``sync_timeout``.
+        Adopt the newest deployment any of them has if it is newer than
+        ours, so a node that was away never acts on an outdated one once it
+        can reach one peer.  Fires with the states of the peers that
+        answered (fresher than what the last deploy gathered).
+        """
+        if self.request is None:
+            return []
+        me = self.deployer.hostname
+        peers = sorted(p.address for p in self.request.peers
+                       if p.address != me and p.address not in self.request.down)
+        asked = [self.peers.sync(peer, self.generation).addTimeout(
+                     self.sync_timeout, self.reactor) for peer in peers]
+        answers = await defer.DeferredList(asked, consumeErrors=True)
+        fresh, newest = [], None
+        for peer, (ok, answer) in zip(peers, answers):
+            if not ok:
+                continue
+            self.heard[peer] = self.reactor.seconds()
+            if answer.state.hostname == peer:
+                fresh.append(answer.state)
+            if answer.request is not None and answer.generation > self.generation and (
+                    newest is None or answer.generation > newest[1].generation):
+                newest = (peer, answer)
+        if newest is not None:
+            self._adopt_from_peer(*newest)
+        return fresh
+
+    def _adopt_from_peer(self, peer: str, answer: PeerSync) -> None:
+        if answer.request is None:
+            return
+        try:
+            data = retarget_apply(answer.request, self.deployer.hostname)
+            request = decode_apply(data, source="%s's deployment" % (peer,))
+        except (ConfigurationError, ValueError) as e:
+            log.error("not adopting the deployment of {peer} (generation "
+                      "{generation}): {problems}", peer=peer,
+                      generation=answer.generation, problems=str(e))
+            return
+        self.store.save(data)
+        self._adopt(request, data)
+        log.info("adopted deployment generation {generation} from {peer}",
+                 generation=request.generation, peer=peer)
 
     # --- service ------------------------------------------------------------------
 
@@ -223,6 +383,43 @@ def _problem(path, message):
     return Problem("apply", path, message)
 
 
+def _volumes_moved(change) -> List[str]:
+    """The volumes a plan pushes, hands over, takes over or waits for."""
+    return sorted({step.name for step in leaves(change)
+                   if isinstance(step, MOVING_STEPS)})
+
+
+def _positive_int(text: str, usage: str, zero: bool = False) -> int:
+    if not text.isdigit() or len(text) > 15 or (int(text) == 0 and not zero):
+        raise CommandError(usage, 2)
+    return int(text)
+
+
+def _receive_arguments(args):
+    """receive [--replace] [--owner NODE --epoch N] VOLUME"""
+    usage = "usage: receive [--replace] [--owner NODE --epoch N] VOLUME"
+    args = list(args)
+    replace = owner = epoch = None
+    while len(args) > 1:
+        if args[0] == "--replace" and replace is None:
+            replace = True
+            args = args[1:]
+        elif args[0] == "--owner" and owner is None and len(args) > 2:
+            try:
+                owner = str(ipaddress.IPv4Address(args[1]))
+            except ValueError:
+                raise CommandError(usage + " (NODE: an IPv4 address)", 2)
+            args = args[2:]
+        elif args[0] == "--epoch" and epoch is None and len(args) > 2:
+            epoch = _positive_int(args[1], usage, zero=True)
+            args = args[2:]
+        else:
+            raise CommandError(usage, 2)
+    if (owner is None) != (epoch is None):
+        raise CommandError(usage, 2)
+    return bool(replace), owner, epoch, _volume_argument(args)
+
+
 def _volume_argument(args) -> str:
     if len(args) != 1 or not NAME_PATTERN.match(args[0]):
         raise CommandError("usage: COMMAND VOLUME (a volume name: letters, digits, "
@@ -240,13 +437,16 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
 
     async def state(role, args, session):
         local = await deployer.discover()
-        snapshots = {}
-        for volume in local.volumes:
-            snapshots[volume.name] = [
-                s.name for s in await deployer.pool.snapshots(VolumeName(volume.name))]
         routes = {name: {"ports": list(ports), "route": str(route)}
                   for name, (ports, route) in sorted(deployer.routes.table.items())}
-        document = encode_node_state(local, snapshots, extra={
+        set_aside = await deployer.pool.set_asides()
+        request = convergence.request
+        now = convergence.reactor.seconds()
+        replication = {}
+        if convergence.replicator is not None:
+            for (volume, _), status in sorted(convergence.replicator.status.items()):
+                replication.setdefault(volume, []).append(status.to_document(now))
+        document = encode_node_state(local, extra={
             "ssh_port": ssh_port,
             "mount_root": deployer.pool.mount_root,
             "node_key": public_key_line(keys.node_key),
@@ -254,6 +454,21 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             "routes": routes,
             "flocker_async": __version__,
             "last_error": convergence.last_error,
+            "generation": convergence.generation,
+            "down": list(request.down) if request is not None else [],
+            "time": now,
+            "heard": dict(sorted(convergence.heard.items())),
+            # The owner of each volume as this node last knew it (its last
+            # deployment's cluster state): what a take-over must account for.
+            "known_owners": convergence.known_owners.owners(),
+            "peers": ([{"address": p.address, "ssh_port": p.ssh_port,
+                        "node_key": p.node_key, "host_key": p.host_key}
+                       for p in request.peers] if request is not None else []),
+            "set_aside": [{"volume": str(c.volume), "label": c.label,
+                           "created": c.created, "referenced": c.referenced,
+                           "owner": c.owner, "epoch": c.epoch,
+                           "mountpoint": c.mountpoint} for c in set_aside],
+            "replication": replication,
         })
         session.write((json.dumps(document, sort_keys=True) + "\n").encode())
         return 0
@@ -340,26 +555,39 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         return Deferred(release)
 
     async def snapshots(role, args, session):
+        epoch = None
+        if len(args) == 3 and args[1] == "--epoch":
+            epoch = _positive_int(args[2], "usage: snapshots VOLUME [--epoch N]",
+                                  zero=True)
+            args = args[:1]
         name = _volume_argument(args)
+        found = []
         if role == PEER:
             deployer.handoffs.note_activity(name)
-        try:
-            found = await deployer.pool.snapshots(VolumeName(name))
-        except VolumeNotFound:
-            found = []
+            convergence.heard_from(session)
+        # A peer asking as a newer owner sees our copy once we have set a
+        # stale one aside.
+        if await deployer.handoffs.settled_copy(VolumeName(name), epoch) is not None:
+            try:
+                found = await deployer.pool.snapshots(VolumeName(name))
+            except VolumeNotFound:
+                pass
         session.write("".join(s.name + "\n" for s in found).encode("ascii"))
         return 0
 
     def receive(role, args, session):
-        replace = bool(args) and args[0] == "--replace"
-        name = _volume_argument(args[1:] if replace else args)
+        replace, owner, epoch, name = _receive_arguments(args)
+        convergence.heard_from(session)
         receiver = None
         gone = []
 
         async def run():
             nonlocal receiver
-            receiver = await deployer.handoffs.receiver(
-                name, replace, convergence.context())
+            try:
+                receiver = await deployer.handoffs.receiver(
+                    name, replace, convergence.context(), owner=owner, epoch=epoch)
+            except ChangeFailed as e:
+                raise CommandError(str(e), 1)
             if gone:
                 receiver.abort("the sending node went away")
             try:
@@ -402,13 +630,46 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         return command.addErrback(_command_error)
 
     async def acquire(role, args, session):
+        epoch = None
+        if len(args) == 2:
+            epoch = _positive_int(args[1], "usage: acquire VOLUME [EPOCH]")
+            args = args[:1]
         name = _volume_argument(args)
+        convergence.heard_from(session)
         try:
-            await deployer.handoffs.acquire(name, convergence.context())
+            await deployer.handoffs.acquire(name, convergence.context(), epoch)
         except VolumeNotFound:
             raise CommandError("this node holds no copy of volume %s to acquire"
                                % (name,), 1)
+        except ChangeFailed as e:
+            raise CommandError(str(e), 1)
         session.write(("acquired %s\n" % (name,)).encode())
+        return 0
+
+    async def discard_set_aside(role, args, session):
+        usage = ("usage: discard-set-aside VOLUME LABEL (the volume and label "
+                 "`state` lists under set_aside)")
+        if len(args) != 2 or not SET_ASIDE_LABEL.match(args[1]):
+            raise CommandError(usage, 2)
+        name = _volume_argument(args[:1])
+        try:
+            await deployer.pool.discard_set_aside(VolumeName(name), args[1])
+        except VolumeError as e:
+            raise CommandError(str(e), 1)
+        log.info("operator key {key} discarded the set-aside copy {label} of "
+                 "volume {volume}", key=session.key_fingerprint, label=args[1],
+                 volume=name)
+        session.write(("discarded the set-aside copy %s of volume %s\n"
+                       % (args[1], name)).encode())
+        return 0
+
+    async def sync(role, args, session):
+        if len(args) != 1:
+            raise CommandError("usage: sync GENERATION", 2)
+        theirs = _positive_int(args[0], "usage: sync GENERATION", zero=True)
+        convergence.heard_from(session)
+        answer, snapshots = await convergence.answer_sync(theirs)
+        session.write(encode_sync(answer, snapshots) + b"\n")
         return 0
 
     return {
@@ -422,6 +683,13 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
                              "the snapshots this node holds of VOLUME"),
         "receive": Command({PEER}, receive, "receive a send stream into VOLUME"),
         "acquire": Command({PEER}, _coroutine(acquire), "become the owner of VOLUME"),
+        "discard-set-aside": Command(
+            {OPERATOR}, _coroutine(discard_set_aside),
+            "destroy a set-aside copy of VOLUME (kept when this node lost "
+            "ownership while away); the only way it is ever destroyed"),
+        "sync": Command({PEER}, _coroutine(sync),
+                        "anti-entropy: this node's generation, desired state and "
+                        "state, for a peer at GENERATION"),
     }
 
 
@@ -528,6 +796,9 @@ def make_node_service(configuration: NodeConfiguration, reactor=None) -> IServic
         deployer, DesiredStateStore(state_directory), reactor,
         configuration.convergence_interval, authorizer, peers, known_hosts,
         ssh_port=configuration.ssh_port)
+    replicator = Replicator(deployer, lambda: convergence.request, reactor,
+                            convergence.events.emit)
+    convergence.replicator = replicator
     factory = make_ssh_factory(reactor, keys.host_key, authorizer,
                                node_commands(convergence, keys, configuration.ssh_port))
     listen = configuration.listen_address
@@ -536,4 +807,5 @@ def make_node_service(configuration: NodeConfiguration, reactor=None) -> IServic
                 SystemdNotifier(), "%s:%d" % (listen, configuration.ssh_port),
                 reactor).setServiceParent(root)
     convergence.setServiceParent(root)
+    replicator.setServiceParent(root)
     return root

@@ -8,6 +8,7 @@ as a traceback.
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from twisted.application.service import IService
 
@@ -21,7 +22,7 @@ __all__ = ["Options", "makeService"]
 Options = NodeOptions
 
 
-def _refuse(lines) -> None:
+def _refuse(lines) -> NoReturn:
     for line in lines:
         print(line, file=sys.stderr)
     print("flocker-node: not started; fix the problems above.", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 import struct
-from typing import Callable, Collection, Dict, FrozenSet, Mapping, Optional, cast
+from typing import Callable, Collection, Dict, FrozenSet, Iterable, Mapping, Optional, cast
 
 from attrs import frozen, field
 from twisted.conch import error as conch_error
@@ -77,6 +77,10 @@ class StdinTooLarge(Exception):
     """A command's stdin was larger than it agreed to read into memory."""
 
 
+def _roles(value: Iterable[str]) -> FrozenSet[str]:
+    return frozenset(value)
+
+
 @implementer(ICommand)
 @frozen
 class Command:
@@ -84,7 +88,7 @@ class Command:
     An ``ICommand`` from a function ``run(role, args, session)`` returning
     the exit status (or a Deferred of it).
     """
-    roles: frozenset = field(converter=frozenset)
+    roles: FrozenSet[str] = field(converter=_roles)
     function: Callable = field()
     description: str = ""
 

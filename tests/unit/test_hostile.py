@@ -14,8 +14,7 @@ import json
 import os
 
 from hypothesis import HealthCheck, given, settings, strategies as st
-from twisted.internet import defer, reactor
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from flocker_async import deploy as deploy_lib
 from flocker_async.changes import calculate_changes
@@ -33,10 +32,8 @@ from flocker_async.ssh import (
 )
 from flocker_async.volume import VolumeName
 
-from . import test_node_service
-from .test_node_service import WEB, Deferred_from
+from .test_node_service import A, B, WEB, InMemoryNodes
 
-A, B = "127.0.0.2", "127.0.0.3"
 NOT_ALLOWED = 126  # the SSH server's status for a command refused to a role
 
 
@@ -150,28 +147,20 @@ HOSTILE_APPLY = {
 }
 
 
-class HostileClientTests(TestCase):
-    """Over real SSH, against the node command set."""
+class HostileClientTests(InMemoryNodes, SynchronousTestCase):
+    """Over conch SSH (in memory), against the node command set."""
 
-    setUp = test_node_service.NodeServiceTests.setUp
-    deploy = test_node_service.NodeServiceTests.deploy
-
-    def client_with(self, key):
-        return SSHClient(reactor, key, self.client._settings.known_hosts_path)
-
-    @defer.inlineCallbacks
     def assert_still_serving(self, address=A):
-        result = yield self.client.run(address, self.port, ["version"])
+        result = self.drive(self.client.run(address, self.port, ["version"]))
         self.assertTrue(result.stdout.startswith(b"flocker-node "))
 
-    @defer.inlineCallbacks
     def test_hostile_apply_refused(self):
         """Each hostile request: exit status 1, a last line saying
         "invalid" with the problems, nothing saved or changed, and the
         daemon answers the next command."""
         node = self.nodes[A]
         for what, data in sorted(HOSTILE_APPLY.items()):
-            error = yield self.assertFailure(
+            error = self.assertFails(
                 self.client.run(A, self.port, ["apply"], stdin=data),
                 RemoteCommandFailed)
             self.assertEqual(error.result.status, 1, what)
@@ -181,16 +170,15 @@ class HostileClientTests(TestCase):
             self.assertTrue(last["errors"], what)
             self.assertIsNone(node.store.load(), what)
             self.assertIsNone(node.convergence.request, what)
-            self.assertEqual((yield node.docker.list()), frozenset(), what)
-            yield self.assert_still_serving()
+            self.assertEqual(self.drive(node.docker.list()), frozenset(), what)
+            self.assert_still_serving()
 
-    @defer.inlineCallbacks
     def test_peer_key_cannot_run_operator_commands(self):
         peer = generate_key()
         self.nodes[A].authorizer.set_keys(PEER, [peer])
         client = self.client_with(peer)
         for argv in (["apply"], ["state"], ["lease", "d1"]):
-            error = yield self.assertFailure(
+            error = self.assertFails(
                 client.run(A, self.port, argv, stdin=json.dumps(_VALID).encode()),
                 RemoteCommandFailed)
             self.assertEqual(error.result.status, NOT_ALLOWED, argv)
@@ -198,41 +186,38 @@ class HostileClientTests(TestCase):
         self.assertIsNone(self.nodes[A].store.load())
         self.assertIsNone(self.nodes[A].convergence.lease)
         # What a peer may run still works for it.
-        result = yield client.run(A, self.port, ["version"])
+        result = self.drive(client.run(A, self.port, ["version"]))
         self.assertTrue(result.stdout.startswith(b"flocker-node "))
 
-    @defer.inlineCallbacks
     def test_operator_key_cannot_run_peer_commands(self):
-        yield self.deploy({A: [WEB], B: []})
+        self.deploy({A: [WEB], B: []})
         for argv in (["receive", "web"], ["receive", "--replace", "web"],
                      ["acquire", "web"]):
-            error = yield self.assertFailure(
+            error = self.assertFails(
                 self.client.run(B, self.port, argv, stdin=b"garbage"),
                 RemoteCommandFailed)
             self.assertEqual(error.result.status, NOT_ALLOWED, argv)
         # Nothing was received on B, and A still owns the volume.
-        self.assertEqual((yield self.nodes[B].pool.enumerate()), [])
-        volume = yield self.nodes[A].pool.get(VolumeName("web"))
+        self.assertEqual(self.drive(self.nodes[B].pool.enumerate()), [])
+        volume = self.drive(self.nodes[A].pool.get(VolumeName("web")))
         self.assertEqual((volume.owner, volume.read_only), (A, False))
 
-    @defer.inlineCallbacks
     def test_stranger_key_refused(self):
         """A key in no role (not in operator_keys, not a peer): the deploy
         fails naming the node and our key's fingerprint; nothing runs."""
         stranger = generate_key()
         deployment = Deployment(nodes=[Node(A, [WEB])])
-        error = yield self.assertFailure(Deferred_from(deploy_lib.deploy(
-            reactor, self.client_with(stranger), deployment, self.port,
-            lambda n, e: None)), deploy_lib.DeployFailed)
+        error = self.assertFails(deploy_lib.deploy(
+            self.net, self.client_with(stranger), deployment, self.port,
+            lambda n, e: None), deploy_lib.DeployFailed)
         self.assertEqual([f.node for f in error.failures], [A])
         self.assertIn(fingerprint(stranger), error.failures[0].cause)
         self.assertIsNone(self.nodes[A].store.load())
-        yield self.assertFailure(
+        self.assertFails(
             self.client_with(stranger).run(A, self.port, ["version"]),
             AuthenticationRefused)
-        yield self.assert_still_serving()
+        self.assert_still_serving()
 
-    @defer.inlineCallbacks
     def test_unknown_host_key_refused_with_fingerprint(self):
         """flocker-deploy's client refuses a node whose host key is not in
         its known_hosts, showing the key's fingerprint, before sending
@@ -240,10 +225,10 @@ class HostileClientTests(TestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("# no nodes trusted\n")
-        client = SSHClient(reactor, self.operator, path)
+        client = self.client_with(self.operator, path)
         deployment = Deployment(nodes=[Node(A, [WEB])])
-        error = yield self.assertFailure(Deferred_from(deploy_lib.deploy(
-            reactor, client, deployment, self.port, lambda n, e: None)),
+        error = self.assertFails(deploy_lib.deploy(
+            self.net, client, deployment, self.port, lambda n, e: None),
             deploy_lib.DeployFailed)
         self.assertEqual([f.node for f in error.failures], [A])
         self.assertIn(fingerprint(self.nodes[A].keys.host_key),
@@ -251,20 +236,19 @@ class HostileClientTests(TestCase):
         self.assertIsNone(self.nodes[A].convergence.lease)
         self.assertIsNone(self.nodes[A].store.load())
 
-    @defer.inlineCallbacks
     def test_bad_receive_streams_keep_previous_snapshot(self):
         """A peer's garbage or truncated stream into a replica fails and
         leaves the replica at its previous snapshot with its contents."""
-        yield self.deploy({A: [WEB], B: []})
-        yield self.nodes[A].pool.write_file(VolumeName("web"), "rows", b"1\n")
-        yield self.deploy({A: [], B: [WEB]})  # A now holds a replica
+        self.deploy({A: [WEB], B: []})
+        self.nodes[A].pool.write_file(VolumeName("web"), "rows", b"1\n")
+        self.deploy({A: [], B: [WEB]})  # A now holds a replica
         replica = self.nodes[A].pool
-        before = [s.name for s in (yield replica.snapshots(VolumeName("web")))]
+        before = [s.name for s in self.drive(replica.snapshots(VolumeName("web")))]
         self.assertTrue(before)
         # A real increment from the owner, to cut short.
         owner = self.nodes[B].pool
-        yield owner.write_file(VolumeName("web"), "rows", b"1\n2\n" * 10000)
-        snapshot = yield owner.snapshot(VolumeName("web"))
+        owner.write_file(VolumeName("web"), "rows", b"1\n2\n" * 10000)
+        snapshot = self.drive(owner.snapshot(VolumeName("web")))
         from flocker_async.volume import Snapshot
         base = Snapshot(VolumeName("web"), before[-1])
         collected = []
@@ -279,7 +263,7 @@ class HostileClientTests(TestCase):
             def write(self, data):
                 collected.append(data)
         stream = owner.send(snapshot, Collect(), base=base)
-        yield stream.done
+        self.drive(stream.done)
         whole = b"".join(collected)
         self.assertGreater(len(whole), 100)
         peer_key = self.nodes[B].keys.node_key
@@ -288,15 +272,15 @@ class HostileClientTests(TestCase):
         for what, data in [("garbage", b"\x00garbage" * 1000),
                            ("truncated", whole[:len(whole) // 2]),
                            ("empty", b"")]:
-            error = yield self.assertFailure(
+            error = self.assertFails(
                 client.run(A, self.port, ["receive", "web"], stdin=data),
                 RemoteCommandFailed)
             self.assertNotEqual(error.result.status, 0, what)
-            after = [s.name for s in (yield replica.snapshots(VolumeName("web")))]
+            after = [s.name for s in self.drive(replica.snapshots(VolumeName("web")))]
             self.assertEqual(after, before, what)
-            volume = yield replica.get(VolumeName("web"))
+            volume = self.drive(replica.get(VolumeName("web")))
             self.assertEqual((volume.owner, volume.read_only), (B, True), what)
             with open(os.path.join(self.nodes[A].deployer.volume_path("web"),
                                    "rows"), "rb") as f:
                 self.assertEqual(f.read(), b"1\n", what)
-            yield self.assert_still_serving()
+            self.assert_still_serving()

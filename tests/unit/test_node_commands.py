@@ -109,7 +109,26 @@ class CommandErrorTests(SynchronousTestCase):
     def test_snapshots_cancelled_by_client(self):
         clock, deployer, convergence, commands = make_node(self)
         blocked = Deferred()
-        deployer.pool.snapshots = lambda name: blocked
+        deployer.pool.get = lambda name: blocked
         running = commands["snapshots"].run(OPERATOR, ["web"], FakeSession(OPERATOR))
         running.cancel()
         self.failureResultOf(running, CancelledError)
+
+
+class DiscardSetAsideTests(SynchronousTestCase):
+    def test_discard_only_by_explicit_command(self):
+        clock, deployer, convergence, commands = make_node(self)
+        pool = deployer.pool
+        volume = VolumeName("web")
+        self.successResultOf(pool.create(volume))
+        kept = self.successResultOf(pool.set_aside(volume, "20261203T110207-000Z"))
+        session = FakeSession(OPERATOR)
+        bad = commands["discard-set-aside"].run(OPERATOR, ["web", "../etc"], session)
+        self.failureResultOf(bad, CommandError)
+        missing = commands["discard-set-aside"].run(OPERATOR, ["web", "nope"], session)
+        self.assertIn("nope", str(self.failureResultOf(missing, CommandError).value))
+        self.assertEqual(len(self.successResultOf(pool.set_asides())), 1)
+        done = commands["discard-set-aside"].run(OPERATOR, ["web", kept.label], session)
+        self.assertEqual(self.successResultOf(done), 0)
+        self.assertEqual(self.successResultOf(pool.set_asides()), [])
+        self.assertNotIn(PEER, commands["discard-set-aside"].roles)
