@@ -6,6 +6,7 @@ acceptance tests and the benchmarks.
     flocker-lab nodes | env | status | down
     flocker-lab exec NODE -- CMD...
     flocker-lab kill-daemon NODE | start-daemon NODE
+    flocker-lab power-off NODE | power-on NODE | partition NODE | heal NODE
 """
 
 from __future__ import annotations
@@ -101,9 +102,12 @@ class EnvOptions(_Options):
 
 class StatusOptions(_Options):
     synopsis = "Usage: flocker-lab status"
-    longdesc = ("Per node: address, namespace, dockerd, pool health and "
-                "whether its flocker-node is up.  Exit status 1 if anything "
-                "is down.")
+    longdesc = ("Per node: address, power (on, or off after power-off), "
+                "link (down after power-off or partition), namespace, "
+                "dockerd, pool health and whether its flocker-node is up "
+                "(asked from inside the node while its link is down).  Exit "
+                "status 1 if anything is down, a powered-off or partitioned "
+                "node included.")
 
 
 class ExecOptions(_Options):
@@ -111,7 +115,10 @@ class ExecOptions(_Options):
     longdesc = ("Run COMMAND in NODE's network namespace with DOCKER_HOST "
                 "set to NODE's dockerd, as 'ssh root@NODE COMMAND' would: "
                 "flocker-lab exec n1 -- docker ps; flocker-lab exec n1 -- "
-                "iptables -t nat -S.  The exit status is COMMAND's.")
+                "iptables -t nat -S.  The exit status is COMMAND's.  On a "
+                "powered-off node COMMAND still runs in its namespace (to "
+                "read its pool, say), where nothing else runs: docker "
+                "commands fail there.")
 
     def parseArgs(self, node, *command):
         try:
@@ -139,6 +146,50 @@ class StartDaemonOptions(_NodeOptions):
                 "wait until its SSH port answers.")
 
 
+class PowerOffOptions(_NodeOptions):
+    synopsis = "Usage: flocker-lab power-off NODE"
+    longdesc = ("Pull NODE's plug: its link goes down (nothing reaches its "
+                "address, and it sends nothing), and every process of it is "
+                "SIGKILLed at one instant, without a chance to clean up: "
+                "flocker-node and what it started (zfs send/recv), dockerd, "
+                "containerd and its shims, the containers' processes, "
+                "anything else in its namespace.  Then what a reboot clears "
+                "goes: its iptables (nat, filter, raw, mangle), conntrack, "
+                "docker's mounts and runtime state.  Its pool stays imported "
+                "with its data, and docker keeps the containers' last state, "
+                "as after a crash.  Recorded in the lab state: 'status' shows "
+                "it, 'up' leaves the node off, kill-daemon and start-daemon "
+                "refuse it; exec still runs in its namespace.  A powered-off "
+                "node is reported and left so (exit status 0).")
+
+
+class PowerOnOptions(_NodeOptions):
+    synopsis = "Usage: flocker-lab power-on NODE"
+    longdesc = ("Boot NODE again: its link up (unless it is partitioned), "
+                "dockerd started (containers come back only per their "
+                "restart policy, as after a reboot), flocker-node started; "
+                "waits until its SSH port answers and prints what it did.  "
+                "On a node that is on, it starts whatever of it is not "
+                "running.")
+
+
+class PartitionOptions(_NodeOptions):
+    synopsis = "Usage: flocker-lab partition NODE"
+    longdesc = ("Take NODE's link down and leave everything on it running "
+                "(flocker-node, dockerd, containers): neither this host nor "
+                "any other node reaches its address, and it reaches none of "
+                "them, while inside NODE (flocker-lab exec NODE -- ...) its "
+                "own address, its containers and 127.0.0.1 still answer.  "
+                "'heal NODE' ends it.  Recorded in the lab state: 'status' "
+                "shows it and 'up' leaves the link down.")
+
+
+class HealOptions(_NodeOptions):
+    synopsis = "Usage: flocker-lab heal NODE"
+    longdesc = ("End NODE's partition: its link up again, both ways.  A "
+                "powered-off node's link stays down until power-on.")
+
+
 class LabOptions(_Options):
     synopsis = "Usage: flocker-lab COMMAND [options]"
     longdesc = ("A flocker_async cluster on this machine: network namespaces "
@@ -154,6 +205,12 @@ class LabOptions(_Options):
         ["exec", None, ExecOptions, "Run a command on a node."],
         ["kill-daemon", None, KillDaemonOptions, "SIGKILL a node's flocker-node."],
         ["start-daemon", None, StartDaemonOptions, "Start a node's flocker-node."],
+        ["power-off", None, PowerOffOptions,
+         "Pull a node's plug: every process SIGKILLed, link down."],
+        ["power-on", None, PowerOnOptions, "Boot a powered-off node again."],
+        ["partition", None, PartitionOptions,
+         "Take a node's link down; everything on it keeps running."],
+        ["heal", None, HealOptions, "Bring a partitioned node's link up again."],
     ]
 
     def postOptions(self):
@@ -179,7 +236,11 @@ def run_command(options: LabOptions, lab: Lab, out: TextIO, err: TextIO) -> int:
                       "start-daemon NODE' (up --no-daemons skips them).\n")
             return EXIT_FAILED
         for node in lab.nodes:
-            out.write("%s %s\n" % (node.name, node.address))
+            notes = [note for note, applies in (
+                ("powered off", not lab.is_powered_on(node)),
+                ("partitioned", lab.is_partitioned(node))) if applies]
+            out.write("%s %s%s\n" % (node.name, node.address, " (%s)" % (
+                ", ".join(notes),) if notes else ""))
         out.write('run: eval "$(flocker-lab env)"   to use flocker-deploy on the lab\n')
         return EXIT_OK
     if command == "down":
@@ -205,11 +266,12 @@ def run_command(options: LabOptions, lab: Lab, out: TextIO, err: TextIO) -> int:
         out.write("lab %s, host %s\n" % (lab.subnet, lab.host_address))
         for status in statuses:
             out.write(status.line() + "\n")
-        healthy = all(s.namespace and s.dockerd and s.pool == "ONLINE" and s.ssh
-                      for s in statuses)
-        return EXIT_OK if healthy else EXIT_FAILED
+        return EXIT_OK if all(s.healthy for s in statuses) else EXIT_FAILED
     if command == "exec":
         argv, env = lab.exec_argv(sub["node"], sub["command"])
+        if not lab.is_powered_on(sub["node"]):
+            err.write("flocker-lab: note: %s is powered off; the command runs "
+                      "in its namespace, where nothing else runs\n" % (sub["node"],))
         try:
             process = subprocess.Popen(argv, env=env)
         except OSError as e:
@@ -231,13 +293,38 @@ def run_command(options: LabOptions, lab: Lab, out: TextIO, err: TextIO) -> int:
         try:
             lab.start_daemon(sub["node"])
         except DaemonStartError as e:
-            for name, why in sorted(e.failures.items()):
-                err.write("flocker-lab: flocker-node on %s did not start: %s\n"
-                          % (name, why))
+            _daemon_failures(e, err)
             return EXIT_FAILED
         out.write("flocker-node on %s is up\n" % (sub["node"],))
         return EXIT_OK
+    if command in _FAILURES:
+        node = sub["node"]
+        method, done_line, unchanged_line = _FAILURES[command]
+        try:
+            done = getattr(lab, method)(node)
+        except DaemonStartError as e:
+            _daemon_failures(e, err)
+            return EXIT_FAILED
+        for line in done:
+            out.write("%s: %s\n" % (node, line))
+        out.write((done_line if done else unchanged_line) % (node,) + "\n")
+        return EXIT_OK
     raise AssertionError(command)
+
+
+# command: (Lab method, last line after a change, the line when nothing changed)
+_FAILURES = {
+    "power-off": ("power_off", "%s is powered off", "%s was already powered off"),
+    "power-on": ("power_on", "%s is powered on", "%s was already powered on"),
+    "partition": ("partition", "%s is partitioned", "%s was already partitioned"),
+    "heal": ("heal", "%s is healed", "%s was not partitioned"),
+}
+
+
+def _daemon_failures(error: DaemonStartError, err: TextIO) -> None:
+    for name, why in sorted(error.failures.items()):
+        err.write("flocker-lab: flocker-node on %s did not start: %s\n"
+                  % (name, why))
 
 
 def main(argv: Optional[List[str]] = None, out: TextIO = None,

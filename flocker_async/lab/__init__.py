@@ -7,18 +7,20 @@ and the offline images it runs.
     for node in lab.nodes: print(node.name, node.address)
     lab.exec("n1", ["docker", "ps"])
     lab.kill_daemon("n1"); lab.start_daemon("n1")
+    lab.power_off("n1"); lab.power_on("n1")   # pull the plug, boot again
+    lab.partition("n1"); lab.heal("n1")       # link down / up, all running
     lab.down()
 """
 
 from ._lab import (
-    LAB_DIR, MAX_NODES, SSH_PORT, DaemonStartError, Lab, LabNames, LabNode, NodeStatus,
-    env_for, export_lines, parse_node_name,
+    LAB_DIR, MAX_NODES, SSH_PORT, DaemonStartError, Lab, LabNames, LabNode,
+    NodePoweredOff, NodeStatus, env_for, export_lines, parse_node_name,
 )
 from ._network import choose_subnet, parse_routes
 from ._system import CommandError, LabError
 
 __all__ = [
     "Lab", "LabNames", "LabNode", "NodeStatus", "LabError", "CommandError",
-    "DaemonStartError", "LAB_DIR", "SSH_PORT", "MAX_NODES", "env_for",
+    "DaemonStartError", "NodePoweredOff", "LAB_DIR", "SSH_PORT", "MAX_NODES", "env_for",
     "export_lines", "parse_node_name", "choose_subnet", "parse_routes",
 ]

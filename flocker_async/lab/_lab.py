@@ -9,6 +9,13 @@ workstation would.  Everything the lab makes is recorded in
 ``<directory>/lab.json`` and named with the ``flab-`` prefix, so ``down``
 removes it all, also after a crash or a half-finished ``up``.
 
+Failures for tests: ``power_off`` pulls a node's plug (every process of it
+SIGKILLed at one instant, its iptables flushed, its link down; its pool
+and docker's data root kept), ``power_on`` boots it again; ``partition``
+and ``heal`` take its link down and up with everything on it running.
+Both facts are recorded per node in the state (``power``, ``partitioned``),
+so ``up`` leaves them as they are and ``status`` shows them.
+
 This is blocking code for a command-line tool and for test fixtures; it
 is never run on a reactor thread.
 """
@@ -29,7 +36,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from attrs import frozen
 
@@ -38,7 +45,8 @@ from ..ssh._keys import load_or_create_key, load_or_create_node_keys, public_key
 from . import _network as net
 from ._dockerd import CONTAINERD_RUN, DockerdLayout, dockerd_running, start_dockerd, stop_dockerd
 from ._system import (
-    LabError, alive, cmdline, kill_all, log_tail, mounts_under, pids_mentioning,
+    LabError, alive, ancestors, cmdline, descendants, kill_all, kill_at_once,
+    log_tail, mounts_under, pids_in_cgroups, pids_in_netns, pids_mentioning,
     process_start_time, require_commands, run, system_env, unmount_all,
 )
 from ._zfs import (
@@ -49,7 +57,7 @@ from .images import (
 )
 
 __all__ = ["Lab", "LabNames", "LabNode", "NodeStatus", "DaemonStartError", "LAB_DIR",
-           "SSH_PORT", "MAX_NODES", "parse_node_name"]
+           "SSH_PORT", "MAX_NODES", "parse_node_name", "NodePoweredOff"]
 
 LAB_DIR = "/var/lib/flocker-lab"
 STATE_FILE = "lab.json"
@@ -71,6 +79,38 @@ class DaemonStartError(LabError):
         super().__init__("\n".join(
             "flocker-node on %s did not start: %s" % (name, why)
             for name, why in sorted(self.failures.items())))
+
+
+class NodePoweredOff(LabError):
+    """The node is powered off, and what was asked needs it running."""
+
+
+# What a booted machine's iptables hold: every table empty, every built-in
+# chain accepting; iptables-restore replaces each table in one commit.
+_EMPTY_IPTABLES = b"""\
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+"""
 
 
 def parse_node_name(name: str) -> int:
@@ -119,6 +159,11 @@ class LabNode:
     def dockerd(self) -> DockerdLayout:
         return DockerdLayout(self.directory, self.namespace)
 
+    @property
+    def switch_port(self) -> str:
+        """The bridge port in the switch namespace that eth0 is plugged into."""
+        return "p%d" % (self.index,)
+
 
 @frozen
 class NodeStatus:
@@ -128,13 +173,27 @@ class NodeStatus:
     dockerd: bool
     pool: Optional[str]       # health, or None when there is no pool
     daemon: bool              # our flocker-node process is running
-    ssh: bool                 # and answers on its SSH port
+    ssh: bool                 # and answers on its SSH port (seen from
+                              # inside the node while its link is down)
+    power: bool = True        # recorded: False after power_off
+    link: bool = True         # its bridge port is up
+    partitioned: bool = False  # recorded: True after partition
+
+    @property
+    def healthy(self) -> bool:
+        """Everything up, the node powered on and reachable."""
+        return (self.power and self.link and not self.partitioned
+                and self.namespace and self.dockerd
+                and self.pool == "ONLINE" and self.ssh)
 
     def line(self) -> str:
-        return "%-4s %-15s namespace %-4s dockerd %-4s pool %-8s daemon %s" % (
-            self.name, self.address, _updown(self.namespace),
+        return ("%-4s %-15s power %-3s link %-4s namespace %-4s dockerd %-4s "
+                "pool %-8s daemon %s%s") % (
+            self.name, self.address, "on" if self.power else "off",
+            _updown(self.link), _updown(self.namespace),
             _updown(self.dockerd), (self.pool or "missing").lower(),
-            ("up" if self.ssh else "starting") if self.daemon else "down")
+            ("up" if self.ssh else "starting") if self.daemon else "down",
+            "  (partitioned)" if self.partitioned else "")
 
 
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,5}-\Z")
@@ -211,6 +270,64 @@ def _twistd() -> str:
         raise LabError("twistd not found; install flocker_async (pip install "
                        "-e .) in the Python environment that runs flocker-lab")
     return found
+
+
+# Run by the lab's Python inside a node's namespace: exit 0 if SSH greets.
+_SSH_PROBE = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 1) as s:
+        s.settimeout(1)
+        sys.exit(0 if s.recv(8).startswith(b"SSH-") else 1)
+except OSError:
+    sys.exit(1)
+"""
+
+
+def _ssh_answers_inside(node: LabNode, port: int) -> bool:
+    """Whether ``node``'s SSH port greets a client in its own namespace."""
+    try:
+        return run(net.nsenter_prefix(node.namespace) + [
+            sys.executable, "-c", _SSH_PROBE, node.address, str(port)],
+            check=False, timeout=10).returncode == 0
+    except LabError:
+        return False
+
+
+def _powered_on(entry: dict) -> bool:
+    return entry.get("power", "on") != "off"
+
+
+def _link_wanted(entry: dict) -> bool:
+    """A node's link is up exactly when it is powered on and not partitioned."""
+    return _powered_on(entry) and not entry.get("partitioned", False)
+
+
+def _describe_killed(killed: Dict[int, str]) -> str:
+    """``12 processes (containerd, dockerd, httpd x2, ...)``."""
+    counts: Dict[str, int] = {}
+    for name in killed.values():
+        counts[name] = counts.get(name, 0) + 1
+    return "%d process%s (%s)" % (
+        len(killed), "" if len(killed) == 1 else "es", ", ".join(
+            name if n == 1 else "%s x%d" % (name, n)
+            for name, n in sorted(counts.items())))
+
+
+def _runs_with(pid: int, start: Optional[str], argument: str) -> bool:
+    """
+    Whether ``pid`` runs, started at ``start`` and with ``argument`` on its
+    command line (the same pid and start time after a reboot may be another
+    program).  A command line read while the process execs comes back empty
+    or torn, so it is read again for a moment before it counts against.
+    """
+    for _ in range(50):
+        if not alive(pid) or process_start_time(pid) != start:
+            return False
+        if argument in cmdline(pid):
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _ssh_answers(address: str, port: int, timeout: float = 1.0) -> bool:
@@ -340,6 +457,34 @@ class Lab:
         raise LabError("the lab has no node %s; its nodes are %s"
                        % (name, ", ".join(n.name for n in nodes)))
 
+    @staticmethod
+    def _entry(state: dict, node: LabNode) -> dict:
+        """``node``'s entry in ``state`` (the dict itself, to change it)."""
+        for entry in state.get("nodes", []):
+            if entry["name"] == node.name:
+                return entry
+        raise LabError("the lab has no node %s any more" % (node.name,))
+
+    def is_powered_on(self, node) -> bool:
+        """Whether ``node`` is powered on (False after ``power_off``)."""
+        node = self.node(node)
+        return _powered_on(self._entry(self._read_state(), node))
+
+    def is_partitioned(self, node) -> bool:
+        """Whether ``node`` is partitioned (True after ``partition``)."""
+        node = self.node(node)
+        return bool(self._entry(self._read_state(), node).get("partitioned"))
+
+    def link_up(self, node) -> bool:
+        """Whether ``node``'s link is up now, as the switch sees it."""
+        return self._link_up(self.node(node))
+
+    def _link_up(self, node: LabNode) -> bool:
+        return net.node_link_up(node.switch_port, self.names.switch)
+
+    def _set_link(self, node: LabNode, up: bool) -> None:
+        net.set_node_link(node.switch_port, up, self.names.switch)
+
     @contextlib.contextmanager
     def _locked(self):
         os.makedirs(os.path.dirname(self.lock_file), exist_ok=True)
@@ -371,14 +516,15 @@ class Lab:
         with self._locked():
             started = time.monotonic()
             nodes_list = self._plan(nodes)
+            running = self._running_nodes(nodes_list)
             self._up_network(nodes_list)
             self._up_pools(nodes_list)
             self._up_keys(nodes_list)
-            self._up_dockerds(nodes_list)
-            self._up_images(nodes_list)
+            self._up_dockerds(running)
+            self._up_images(running)
             failures = {}
             if daemons:
-                failures = self._up_daemons(nodes_list)
+                failures = self._up_daemons(running)
             self.progress("lab up: %d node%s on %s, host %s (%.0f s)" % (
                 len(nodes_list), "" if len(nodes_list) == 1 else "s",
                 self.subnet, self.host_address, time.monotonic() - started))
@@ -413,6 +559,8 @@ class Lab:
                 free = [b for b in bridges if b not in taken]
                 entry["bridge"] = free[index - 1] if index - 1 < len(free) else free[0]
             entry.setdefault("daemon", None)
+            entry.setdefault("power", "on")
+            entry.setdefault("partitioned", False)
             entries.append(entry)
         state.update(
             version=_STATE_VERSION, subnet=str(subnet),
@@ -422,15 +570,34 @@ class Lab:
         self._write_state(state)
         return [self._node(e) for e in entries]
 
+    def _running_nodes(self, nodes: Sequence[LabNode]) -> List[LabNode]:
+        """The powered-on ones of ``nodes``; says which it leaves as they are."""
+        state = self._read_state()
+        running = []
+        for node in nodes:
+            entry = self._entry(state, node)
+            if not _powered_on(entry):
+                self.progress("%s is powered off: left it off ('flocker-lab "
+                              "power-on %s' starts it)" % (node.name, node.name))
+            else:
+                running.append(node)
+                if entry.get("partitioned"):
+                    self.progress("%s is partitioned: left its link down "
+                                  "('flocker-lab heal %s' brings it up)"
+                                  % (node.name, node.name))
+        return running
+
     def _up_network(self, nodes: Sequence[LabNode]) -> None:
         subnet = ipaddress.ip_network(self.subnet)
         switch = self.names.switch
+        state = self._read_state()
         net.ensure_switch(switch)
         net.ensure_host_link(subnet, switch, self.names.host_veth)
         for node in nodes:
             net.ensure_namespace(node.namespace)
-            net.ensure_node_link(node.namespace, "p%d" % (node.index,),
-                                 node.address, subnet, switch)
+            net.ensure_node_link(
+                node.namespace, node.switch_port, node.address, subnet, switch,
+                link_up=_link_wanted(self._entry(state, node)))
         for name in net.namespaces():  # nodes of an earlier, bigger lab
             if (self.names.node_of(name) is not None
                     and name not in {n.namespace for n in nodes}):
@@ -550,9 +717,8 @@ class Lab:
         for entry in state.get("nodes", []):
             if entry["name"] == node.name and entry.get("daemon"):
                 pid = entry["daemon"].get("pid")
-                if (isinstance(pid, int) and alive(pid)
-                        and process_start_time(pid) == entry["daemon"].get("start")
-                        and node.config_path in cmdline(pid)):
+                if (isinstance(pid, int) and _runs_with(
+                        pid, entry["daemon"].get("start"), node.config_path)):
                     return pid
         return None
 
@@ -605,7 +771,7 @@ class Lab:
                     failures[name] = self._daemon_failure(
                         node, "it exited%s" % (status,))
                     del waiting[name]
-                elif _ssh_answers(node.address, self.ssh_port):
+                elif self._daemon_answers(node):
                     del waiting[name]
             if waiting and time.monotonic() > deadline:
                 for name, node in waiting.items():
@@ -623,6 +789,14 @@ class Lab:
             self._reap(node)
             self._record_daemon(node, None)
         return failures
+
+    def _daemon_answers(self, node: LabNode, state: Optional[dict] = None) -> bool:
+        """Whether ``node``'s SSH port answers: from the host, or from inside
+        the node while its link is down."""
+        state = self._read_state() if state is None else state
+        if _link_wanted(self._entry(state, node)):
+            return _ssh_answers(node.address, self.ssh_port)
+        return _ssh_answers_inside(node, self.ssh_port)
 
     def _reap(self, node: LabNode) -> str:
         """Collect a child daemon that exited; ' with status N' if known."""
@@ -645,6 +819,8 @@ class Lab:
         """Start ``node``'s flocker-node (unless it runs) and wait for SSH."""
         require_root()
         node = self.node(node)
+        self._refuse_powered_off(node, "'flocker-lab power-on %s' starts its "
+                                 "dockerd and flocker-node" % (node.name,))
         if not os.path.exists(node.netns_path) or not dockerd_running(node.dockerd):
             raise LabError("node %s is not up (namespace or dockerd missing); "
                            "run 'flocker-lab up'" % (node.name,))
@@ -658,6 +834,8 @@ class Lab:
         """SIGKILL ``node``'s flocker-node; False if it was not running."""
         require_root()
         node = self.node(node)
+        self._refuse_powered_off(node, "nothing runs on it, its flocker-node "
+                                 "neither")
         pid = self._daemon_pid(node)
         if pid is None:
             self._record_daemon(node, None)
@@ -669,6 +847,182 @@ class Lab:
         self._reap(node)
         self._record_daemon(node, None)
         return True
+
+    # --- failures: power and partitions ---------------------------------------------
+
+    def _refuse_powered_off(self, node: LabNode, why: str) -> None:
+        if not _powered_on(self._entry(self._read_state(), node)):
+            raise NodePoweredOff("node %s is powered off: %s" % (node.name, why))
+
+    def _record(self, node: LabNode, **fields) -> dict:
+        """Set ``fields`` in ``node``'s entry; returns the entry as it was."""
+        state = self._read_state()
+        entry = self._entry(state, node)
+        before = dict(entry)
+        entry.update(fields)
+        self._write_state(state)
+        return before
+
+    def power_off(self, node) -> List[str]:
+        """
+        Pull ``node``'s plug: its link goes down, every process of it (its
+        flocker-node and what it started, dockerd, containerd, the shims,
+        the containers' processes, anything else in its namespace) is
+        SIGKILLed as at one instant, and what a reboot clears goes: its
+        iptables (nat, filter, raw, mangle), conntrack, docker's mounts and
+        runtime directory.  Its pool (imported, mounted) and docker's data
+        root, with the containers' last state, stay.
+
+        Recorded first, so ``up`` leaves the node off and a power-off that
+        was interrupted is finished by the next.  Returns what it did, one
+        line each; nothing when the node was off already.
+        """
+        require_root()
+        node = self.node(node)
+        was_on = _powered_on(self._record(node, power="off"))
+        done = []
+        if self._link_up(node):
+            self._set_link(node, False)
+            done.append("link down")
+        killed = self._kill_node(node)
+        if killed:
+            done.append("killed %s" % (_describe_killed(killed),))
+        if was_on or killed:
+            self._clear_runtime(node)
+            done.append("iptables and conntrack flushed, docker's runtime "
+                        "state cleared, as a reboot would; pool %s kept"
+                        % (node.pool,))
+        return done
+
+    def _node_pids(self, node: LabNode, daemon: Optional[int]) -> Set[int]:
+        """Every running process of ``node`` and every descendant of one."""
+        pids = (set(pids_in_netns(node.netns_path))
+                | pids_in_cgroups(node.dockerd.cgroup_parent)
+                | set(_pids_running(node.config_path))
+                | set(pids_mentioning(node.dockerd.root)))
+        if daemon is not None:
+            pids.add(daemon)
+        pids |= descendants(pids)
+        return {pid for pid in pids if alive(pid)}
+
+    def _kill_node(self, node: LabNode) -> Dict[int, str]:
+        """SIGKILL every process of ``node`` at once; pid -> command name."""
+        daemon = self._daemon_pid(node)
+        killed = kill_at_once(lambda: self._node_pids(node, daemon))
+        left = self._node_pids(node, daemon) - ancestors()
+        if left:  # forked while we looked: once more
+            killed.update(kill_at_once(lambda: self._node_pids(node, daemon)))
+            left = self._node_pids(node, daemon) - ancestors()
+        self._reap(node)
+        self._record_daemon(node, None)
+        if left:
+            raise LabError("processes of node %s survived SIGKILL: %s" % (
+                node.name, ", ".join("%d (%s)" % (pid, " ".join(cmdline(pid)))
+                                     for pid in sorted(left))))
+        return killed
+
+    def _clear_runtime(self, node: LabNode) -> None:
+        """What a reboot clears on a node whose processes are all dead."""
+        # Overlay and netns mounts, the exec root, shim sockets, cgroups;
+        # the data root stays.
+        stop_dockerd(node.dockerd)
+        inside = net.nsenter_prefix(node.namespace)
+        if os.path.exists(node.netns_path):
+            run(inside + ["iptables-restore"], input=_EMPTY_IPTABLES)
+            if shutil.which("conntrack", path=system_env()["PATH"]):
+                run(inside + ["conntrack", "-F"], check=False)
+        # Killing processes in the middle of their I/O is what wedged
+        # zfs-fuse before; every node shares it.
+        restart_if_wedged(progress=self.progress)
+
+    def power_on(self, node) -> List[str]:
+        """
+        Boot ``node`` again: its link up (unless it is partitioned),
+        dockerd started (containers come back per their restart policy
+        only, as after a reboot), flocker-node started and answering on
+        its SSH port.  On a node that is on, it starts whatever of it is
+        not running.  Whatever ``exec`` left running in the namespace while
+        it was off is killed as dockerd starts (as a reboot would).  Returns
+        what it did, one line each; nothing when everything ran already.
+        ``DaemonStartError`` if flocker-node did not come up.
+        """
+        require_root()
+        node = self.node(node)
+        if not os.path.exists(node.netns_path):
+            raise LabError("node %s has no namespace; run 'flocker-lab up' "
+                           "(it leaves a powered-off node off), then "
+                           "power-on" % (node.name,))
+        before = self._record(node, power="on")
+        done = []
+        if not before.get("partitioned"):
+            if not self._link_up(node):
+                self._set_link(node, True)
+                done.append("link up")
+        elif not _powered_on(before):
+            done.append("link left down: %s is partitioned ('flocker-lab heal "
+                        "%s' brings it up)" % (node.name, node.name))
+        return done + self._boot(node)
+
+    def _boot(self, node: LabNode) -> List[str]:
+        """Start ``node``'s dockerd and flocker-node unless they run."""
+        done = []
+        if not dockerd_running(node.dockerd):
+            if restart_if_wedged(progress=self.progress):
+                done.append("restarted zfs-fuse, which did not answer file "
+                            "requests any more")
+            daemon = self._daemon_pid(node)
+            start_dockerd(node.dockerd, _gateway_cidr(node.bridge),
+                          spare=[daemon] if daemon else [])
+            done.append("dockerd started (containers come back only per their "
+                        "restart policy)")
+        if self._daemon_pid(node) is None:
+            self._spawn_daemon(node)
+            failures = self._wait_for_daemons([node])
+            if failures:
+                raise DaemonStartError(failures)
+            done.append("flocker-node started; its SSH port %d answers"
+                        % (self.ssh_port,))
+        return done
+
+    def partition(self, node) -> List[str]:
+        """
+        Take ``node``'s link down and leave everything on it running: no
+        other node and not the host reach its address, and it reaches none
+        of them; inside its namespace (its daemon, its containers, a client
+        run with ``exec``) all works.  Returns what it did; nothing when it
+        was partitioned already.
+        """
+        require_root()
+        node = self.node(node)
+        before = self._record(node, partitioned=True)
+        done = []
+        if self._link_up(node):
+            self._set_link(node, False)
+            done.append("link down; everything on %s keeps running" % (node.name,))
+        elif not before.get("partitioned"):
+            done.append("partitioned; its link is down already (it is "
+                        "powered off)" if not _powered_on(before)
+                        else "partitioned; its link was down already")
+        return done
+
+    def heal(self, node) -> List[str]:
+        """
+        End ``node``'s partition: its link up again, unless it is powered
+        off (``power_on`` brings it up then).  Returns what it did; nothing
+        when it was not partitioned and its link is as it should be.
+        """
+        require_root()
+        node = self.node(node)
+        before = self._record(node, partitioned=False)
+        done = []
+        if _powered_on(before):
+            if not self._link_up(node):
+                self._set_link(node, True)
+                done.append("link up")
+        elif before.get("partitioned"):
+            done.append("no longer partitioned; its link stays down while it "
+                        "is powered off ('flocker-lab power-on %s')" % (node.name,))
+        return done
 
     # --- using the lab -------------------------------------------------------------
 
@@ -700,15 +1054,20 @@ class Lab:
         found = pools(self.names.prefix)
         result = []
         namespaces = net.namespaces()
+        state = self._read_state()
         for node in self.nodes:
-            daemon = self._daemon_pid(node) is not None
+            entry = self._entry(state, node)
+            daemon = self._daemon_pid(node, state) is not None
             result.append(NodeStatus(
                 name=node.name, address=node.address,
                 namespace=node.namespace in namespaces,
                 dockerd=dockerd_running(node.dockerd),
                 pool=found.get(node.pool),
                 daemon=daemon,
-                ssh=daemon and _ssh_answers(node.address, self.ssh_port)))
+                ssh=daemon and self._daemon_answers(node, state),
+                power=_powered_on(entry),
+                link=self._link_up(node),
+                partitioned=bool(entry.get("partitioned"))))
         return result
 
     # --- down --------------------------------------------------------------------

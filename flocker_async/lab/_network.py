@@ -21,7 +21,8 @@ __all__ = [
     "BRIDGE_RANGE", "Route", "parse_routes", "host_routes", "choose_subnet",
     "choose_bridge_subnets", "netns_path", "nsenter_prefix", "namespaces",
     "ensure_namespace", "delete_namespace", "ensure_switch", "ensure_host_link",
-    "remove_host_link", "ensure_node_link", "link_exists",
+    "remove_host_link", "ensure_node_link", "link_exists", "set_node_link",
+    "node_link_up",
 ]
 
 PREFIX = "flab-"
@@ -231,8 +232,11 @@ def remove_host_link(host_veth: str = HOST_VETH) -> None:
 
 
 def ensure_node_link(namespace: str, port: str, address, subnet,
-                     switch: str = SWITCH) -> None:
-    """Plug ``namespace`` into the switch (its eth0 on bridge port ``port``)."""
+                     switch: str = SWITCH, link_up: bool = True) -> None:
+    """
+    Plug ``namespace`` into the switch (its eth0 on bridge port ``port``);
+    with ``link_up`` false the port stays down (see ``set_node_link``).
+    """
     sw = nsenter_prefix(switch)
     node = nsenter_prefix(namespace)
     have_port = link_exists(port, switch)
@@ -246,10 +250,37 @@ def ensure_node_link(namespace: str, port: str, address, subnet,
     if not have_port:
         run(["ip", "link", "add", port, "netns", switch, "type", "veth",
              "peer", "name", "eth0", "netns", namespace])
-    run(sw + ["ip", "link", "set", port, "master", BRIDGE, "up"])
+    run(sw + ["ip", "link", "set", port, "master", BRIDGE,
+              "up" if link_up else "down"])
     _ensure_address("eth0", "%s/%d" % (address, subnet.prefixlen), namespace)
     run(node + ["ip", "link", "set", "eth0", "up"])
     run(node + ["ip", "link", "set", "lo", "up"])
     # Forwarding for the proxies' DNAT, inside this namespace only; /proc/sys
     # follows the network namespace of the writer.
     run(node + ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+
+
+def set_node_link(port: str, up: bool, switch: str = SWITCH) -> None:
+    """
+    Bring a node's bridge port up or down: down, nothing reaches the node
+    and its eth0 loses carrier, so it cannot send either; inside its
+    namespace (loopback, its own address, its containers) all still works.
+    Taking down a port that is missing is no error: it carries nothing.
+    """
+    if not up and not link_exists(port, switch):
+        return
+    run(nsenter_prefix(switch) + ["ip", "link", "set", port,
+                                  "up" if up else "down"])
+
+
+def node_link_up(port: str, switch: str = SWITCH) -> bool:
+    """Whether a node's bridge port exists and is administratively up."""
+    result = run(nsenter_prefix(switch) + ["ip", "-o", "link", "show", "dev",
+                                           port], check=False)
+    return result.returncode == 0 and _link_flags_up(result.stdout.decode())
+
+
+def _link_flags_up(line: str) -> bool:
+    """Whether ``ip -o link`` output shows the UP flag: ``<...,UP,...>``."""
+    flags = line.partition("<")[2].partition(">")[0]
+    return "UP" in flags.split(",")

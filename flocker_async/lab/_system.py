@@ -13,13 +13,13 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 __all__ = [
     "LabError", "CommandError", "run", "require_commands", "process_start_time",
     "alive", "threads_alive", "mount_table", "pids_in_netns", "pids_mentioning", "kill_all", "mounts_under",
     "unmount_all", "cgroup_dirs", "pids_in_cgroups", "remove_cgroups",
-    "ancestors", "log_tail",
+    "ancestors", "descendants", "command_name", "kill_at_once", "log_tail",
 ]
 
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -141,18 +141,46 @@ def ancestors() -> Set[int]:
     """This process and its ancestors: never killed by a sweep."""
     found = set()
     pid = os.getpid()
-    while pid > 1 and pid not in found:
+    while pid is not None and pid > 1 and pid not in found:
         found.add(pid)
-        try:
-            with open("/proc/%d/stat" % (pid,)) as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
+        pid = _parent(pid)
     return found
 
 
 def _pids() -> List[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _parent(pid: int) -> Optional[int]:
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(pids: Iterable[int]) -> Set[int]:
+    """Every child, grandchild, ... of ``pids`` (not ``pids`` themselves)."""
+    children = {}
+    for pid in _pids():
+        children.setdefault(_parent(pid), []).append(pid)
+    found: Set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def command_name(pid: int) -> str:
+    """The kernel's short name of ``pid`` (``comm``), or ``?``."""
+    try:
+        with open("/proc/%d/comm" % (pid,), "rb") as f:
+            return f.read().strip().decode("utf-8", "replace") or "?"
+    except OSError:
+        return "?"
 
 
 def pids_in_netns(netns_path: str) -> List[int]:
@@ -196,6 +224,34 @@ def kill_all(pids: Iterable[int], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def kill_at_once(find: Callable[[], Iterable[int]], timeout: float = 10,
+                 rounds: int = 20) -> Dict[int, str]:
+    """
+    SIGKILL every process ``find()`` names as if at one instant: each is
+    SIGSTOPped first, and ``find()`` is asked again until it names no new
+    one, so none can notice another's death and react (restart a
+    container, clean up) or fork a child that escapes.  Never this process
+    or its ancestors.  Returns the pids killed and their command names.
+    """
+    spared = ancestors()
+    stopped: Dict[int, str] = {}
+    try:
+        for _ in range(rounds):
+            new = set(find()) - set(stopped) - spared
+            if not new:
+                break
+            for pid in new:
+                name = command_name(pid)
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                stopped[pid] = name
+    finally:
+        kill_all(stopped, timeout)
+    return stopped
 
 
 def terminate(pid: int, timeout: float) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,8 +26,9 @@ from flocker_async.cli.lab import main
 from flocker_async.lab import Lab, LabError
 from flocker_async.lab._network import namespaces
 from flocker_async.lab._system import (
-    cgroup_dirs, mounts_under, pids_mentioning, run)
-from flocker_async.lab._zfs import pools
+    alive, cgroup_dirs, command_name, mounts_under, pids_in_cgroups,
+    pids_in_netns, pids_mentioning, process_start_time, run)
+from flocker_async.lab._zfs import mount_lock, pools
 from flocker_async.lab.images import BUSYBOX_IMAGE, MARIADB_IMAGE
 from flocker_async.ssh._keys import HOST_KEY_FILE, check_known_host, load_or_create_key
 
@@ -120,7 +122,6 @@ class LabLifecycleTests(SynchronousTestCase):
         routes_after = run(["ip", "route"]).stdout.decode().splitlines()
         # Other labs (the acceptance tests', a user's) may come and go
         # meanwhile; the host's own routes must be exactly as they were.
-        import re
         other_lab = re.compile(r"\bdev fl[a-z]*-host\b")
         self.assertEqual(
             sorted(r for r in routes_after if not other_lab.search(r)),
@@ -278,3 +279,284 @@ class MariaDBImageTests(SynchronousTestCase):
         code = lab.exec("n1", ["docker", "inspect", "-f", "{{.State.ExitCode}}",
                                "db"], check=True)
         self.assertEqual(code.stdout.strip(), b"0")
+
+
+# Run inside a node: how HOST:PORT answers within TIMEOUT seconds.
+# "answered" (a connection, or with "http" an HTTP status line), "refused"
+# (something there said no), or "silent" (nothing came back: the packets
+# went nowhere).
+PROBE = """
+import socket, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+try:
+    s = socket.create_connection((host, port), timeout)
+    if sys.argv[4:] == ["http"]:
+        s.settimeout(5)
+        s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        if not s.recv(12).startswith(b"HTTP/1."):
+            raise OSError("no HTTP answer")
+except ConnectionRefusedError:
+    print("refused")
+except OSError:
+    print("silent")
+else:
+    print("answered")
+"""
+
+
+# Where silence is expected, a second is plenty on one machine; where an
+# answer is, allow a lost SYN's retransmission (after 1 s): a node whose ARP
+# query failed during a partition drops its first reply after it heals.
+SILENCE = 1.0
+ANSWER = 5.0
+
+
+def probe(lab, node, address, port, http=False, timeout=ANSWER) -> str:
+    """How ``address:port`` answers a client inside ``node``."""
+    result = lab.exec(node, [sys.executable, "-c", PROBE, address, str(port),
+                             str(timeout)] + (["http"] if http else []),
+                      check=True)
+    return result.stdout.decode().strip()
+
+
+def host_probe(address, port, timeout=ANSWER) -> str:
+    """How ``address:port`` answers this host: as ``probe``."""
+    try:
+        socket.create_connection((address, port), timeout).close()
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "silent"
+    return "answered"
+
+
+def wait_for(predicate, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: not within %d s" % (what, timeout))
+        time.sleep(0.1)
+
+
+def ssh_version(lab, node) -> subprocess.CompletedProcess:
+    """``version`` asked of ``node``'s flocker-node with OpenSSH, from the host."""
+    return subprocess.run(
+        ["ssh", "-p", str(lab.ssh_port), "-i", lab.identity,
+         "-o", "UserKnownHostsFile=" + lab.known_hosts,
+         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+         "-o", "ConnectTimeout=5", "root@" + node.address, "version"],
+        capture_output=True, timeout=30)
+
+
+def node_processes(lab, node):
+    """pid -> (command name, start time) of every process in ``node``'s
+    namespace, and of its containers (they have namespaces of their own)."""
+    pids = set(pids_in_netns(node.netns_path)) | pids_in_cgroups(
+        node.dockerd.cgroup_parent)
+    return {pid: (command_name(pid), process_start_time(pid)) for pid in pids
+            if alive(pid)}
+
+
+def still_running(processes):
+    """Those of ``processes`` (as ``node_processes`` gives) that run: the
+    same pid started at the same time."""
+    return {pid: name for pid, (name, start) in processes.items()
+            if alive(pid) and process_start_time(pid) == start}
+
+
+def container_pid(lab, node, name) -> int:
+    return int(lab.exec(node, ["docker", "inspect", "-f", "{{.State.Pid}}", name],
+                        check=True).stdout)
+
+
+def iptables_rules(lab, node):
+    """Every rule and chain of ``node``'s four tables but the policies, and
+    the policies that are not ACCEPT."""
+    found = []
+    for table in ("nat", "filter", "raw", "mangle"):
+        for line in lab.exec(node, ["iptables", "-t", table, "-S"],
+                             check=True).stdout.decode().splitlines():
+            if not (line.startswith("-P ") and line.endswith(" ACCEPT")):
+                found.append("%s: %s" % (table, line))
+    return found
+
+
+class PowerTests(SynchronousTestCase):
+    """power-off pulls a node's plug; power-on boots it again."""
+
+    def test_power_off_and_on(self):
+        lab = make_lab(self)
+        lab.up(nodes=2)
+        n1, n2 = lab.nodes
+        # A file system in n1's pool (a name the daemon leaves alone) with a
+        # file, and a container appending to it until the plug is pulled.
+        dataset = n1.pool + "/lab.survivor"
+        with mount_lock():
+            run(["zfs", "create", dataset])
+        mountpoint = run(["zfs", "get", "-H", "-o", "value", "mountpoint",
+                          dataset]).stdout.decode().strip()
+        with open(os.path.join(mountpoint, "kept"), "wb") as f:
+            f.write(b"written before the power cut\n")
+            os.fsync(f.fileno())
+        lab.exec("n1", ["docker", "run", "-d", "--name", "writer", "--restart",
+                        "always", "-v", mountpoint + ":/data", BUSYBOX_IMAGE.full_name,
+                        "sh", "-c", "trap 'exit 0' TERM; "
+                        "while :; do date >> /data/log; sleep 0.05; done"],
+                 check=True)
+        writer = container_pid(lab, "n1", "writer")
+        before = node_processes(lab, n1)
+        names = {name for name, _ in before.values()}
+        for name in ("twistd", "dockerd", "containerd", "sh"):
+            self.assertIn(name, names)
+        self.assertIn(writer, before)
+        self.assertNotEqual(iptables_rules(lab, "n1"), [])  # docker's
+        self.assertEqual(host_probe(n1.address, lab.ssh_port), "answered")
+
+        status, out, err = cli(lab, "power-off", "n1")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines()[0], "n1: link down")
+        self.assertRegex(out.splitlines()[1], r"^n1: killed \d+ processes \(")
+        self.assertEqual(out.splitlines()[-1], "n1 is powered off")
+
+        # Nothing of n1 runs: no process in its namespace, no container.
+        self.assertEqual(still_running(before), {})
+        self.assertEqual(node_processes(lab, n1), {})
+        self.assertFalse(lab.daemon_running("n1"))
+        # Nobody reaches it; nothing even says no.
+        self.assertEqual(host_probe(n1.address, lab.ssh_port, timeout=SILENCE), "silent")
+        self.assertEqual(probe(lab, "n2", n1.address, lab.ssh_port, timeout=SILENCE), "silent")
+        self.assertFalse(lab.link_up("n1"))
+        # Its iptables are as after a reboot.
+        self.assertEqual(iptables_rules(lab, "n1"), [])
+        # Its pool and the volume's data stay; exec still runs there.
+        self.assertEqual(pools(PREFIX).get(n1.pool), "ONLINE")
+        kept = lab.exec("n1", ["cat", os.path.join(mountpoint, "kept")], check=True)
+        self.assertEqual(kept.stdout, b"written before the power cut\n")
+        status, out, err = cli(lab, "exec", "n1", "--", "true")
+        self.assertEqual((status, out), (0, ""))
+        self.assertIn("n1 is powered off; the command runs in its namespace", err)
+        self.assertGreater(os.path.getsize(os.path.join(mountpoint, "log")), 0)
+        # n2 lives on.
+        self.assertEqual(ssh_version(lab, n2).returncode, 0)
+
+        # Recorded: status shows it, the daemon commands refuse it, a second
+        # power-off and up leave it off.
+        self.assertFalse(lab.is_powered_on("n1"))
+        status, out, err = cli(lab, "status")
+        self.assertEqual(status, 1)
+        self.assertRegex(out, r"\nn1 +%s +power off link down .* dockerd down .* "
+                              r"daemon down\n" % (re.escape(n1.address),))
+        for command in ("kill-daemon", "start-daemon"):
+            status, out, err = cli(lab, command, "n1")
+            self.assertEqual(status, 1)
+            self.assertIn("node n1 is powered off", err)
+        self.assertEqual(cli(lab, "power-off", "n1"),
+                         (0, "n1 was already powered off\n", ""))
+        progress = []
+        lab.progress = progress.append
+        status, out, err = cli(lab, "up")
+        self.assertEqual(status, 0, err)
+        self.assertIn("n1 %s (powered off)\n" % (n1.address,), out)
+        self.assertIn("n1 is powered off: left it off ('flocker-lab power-on n1' "
+                      "starts it)", progress)
+        self.assertEqual(node_processes(lab, n1), {})
+        self.assertEqual(host_probe(n1.address, lab.ssh_port, timeout=SILENCE), "silent")
+
+        status, out, err = cli(lab, "power-on", "n1")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines(), [
+            "n1: link up",
+            "n1: dockerd started (containers come back only per their restart "
+            "policy)",
+            "n1: flocker-node started; its SSH port %d answers" % (lab.ssh_port,),
+            "n1 is powered on"])
+        version = ssh_version(lab, n1)
+        self.assertEqual(version.returncode, 0, version.stderr)
+        self.assertIn(b"flocker-node", version.stdout)
+        self.assertEqual(probe(lab, "n2", n1.address, lab.ssh_port), "answered")
+        # docker works, and brought back the container that asked for it.
+        wait_for(lambda: lab.exec("n1", ["docker", "inspect", "-f",
+                                         "{{.State.Running}}", "writer"]
+                                  ).stdout.strip() == b"true",
+                 "the writer container restarted")
+        self.assertNotEqual(container_pid(lab, "n1", "writer"), writer)
+        echo = lab.exec("n1", ["docker", "run", "--rm", BUSYBOX_IMAGE.full_name,
+                               "echo", "booted"], check=True)
+        self.assertEqual(echo.stdout, b"booted\n")
+        self.assertNotEqual(iptables_rules(lab, "n1"), [])  # docker's again
+        with open(os.path.join(mountpoint, "kept"), "rb") as f:
+            self.assertEqual(f.read(), b"written before the power cut\n")
+        self.assertTrue(lab.is_powered_on("n1"))
+        self.assertEqual(cli(lab, "status")[0], 0)
+        self.assertEqual(cli(lab, "power-on", "n1"),
+                         (0, "n1 was already powered on\n", ""))
+        # down removes a lab with a powered-off node as any other (cleanup).
+        lab.power_off("n2")
+
+
+class PartitionTests(SynchronousTestCase):
+    """partition cuts a node's link with everything on it running; heal
+    mends it."""
+
+    def test_partition_and_heal(self):
+        lab = make_lab(self)
+        lab.up(nodes=2)
+        n1, n2 = lab.nodes
+        lab.exec("n2", ["docker", "run", "-d", "--name", "web", "-p", "8080:80",
+                        BUSYBOX_IMAGE.full_name], check=True)
+        wait_for(lambda: probe(lab, "n1", n2.address, 8080, http=True) == "answered",
+                 "the web container answers")
+        web = container_pid(lab, "n2", "web")
+        before = node_processes(lab, n2)
+        self.assertIn(web, before)
+        self.assertIn("twistd", {name for name, _ in before.values()})
+
+        self.assertEqual(cli(lab, "partition", "n2"), (0, (
+            "n2: link down; everything on n2 keeps running\n"
+            "n2 is partitioned\n"), ""))
+        # Neither the host nor n1 reaches n2, nor n2 them.
+        self.assertEqual(host_probe(n2.address, lab.ssh_port, timeout=SILENCE), "silent")
+        self.assertEqual(host_probe(n2.address, 8080, timeout=SILENCE), "silent")
+        self.assertEqual(probe(lab, "n1", n2.address, lab.ssh_port, timeout=SILENCE), "silent")
+        self.assertEqual(probe(lab, "n2", n1.address, lab.ssh_port, timeout=SILENCE), "silent")
+        # Inside n2 all still works: its daemon, its container through its
+        # own address, loopback and the container's.
+        self.assertEqual(probe(lab, "n2", n2.address, lab.ssh_port), "answered")
+        self.assertEqual(probe(lab, "n2", n2.address, 8080, http=True), "answered")
+        self.assertEqual(probe(lab, "n2", "127.0.0.1", 8080, http=True), "answered")
+        address = lab.exec("n2", ["docker", "inspect", "-f",
+                                  "{{.NetworkSettings.IPAddress}}", "web"],
+                           check=True).stdout.decode().strip()
+        self.assertEqual(probe(lab, "n2", address, 80, http=True), "answered")
+        self.assertEqual(still_running(before), {
+            pid: name for pid, (name, _) in before.items()})
+
+        self.assertTrue(lab.is_partitioned("n2"))
+        self.assertFalse(lab.link_up("n2"))
+        status, out, err = cli(lab, "status")
+        self.assertEqual(status, 1)
+        self.assertRegex(out, r"\nn2 +%s +power on  link down .* daemon up  "
+                              r"\(partitioned\)\n" % (re.escape(n2.address),))
+        self.assertEqual(cli(lab, "partition", "n2"),
+                         (0, "n2 was already partitioned\n", ""))
+        progress = []
+        lab.progress = progress.append
+        status, out, err = cli(lab, "up")
+        self.assertEqual(status, 0, err)
+        self.assertIn("n2 %s (partitioned)\n" % (n2.address,), out)
+        self.assertIn("n2 is partitioned: left its link down ('flocker-lab heal "
+                      "n2' brings it up)", progress)
+        self.assertEqual(host_probe(n2.address, lab.ssh_port, timeout=SILENCE), "silent")
+
+        self.assertEqual(cli(lab, "heal", "n2"),
+                         (0, "n2: link up\nn2 is healed\n", ""))
+        wait_for(lambda: host_probe(n2.address, lab.ssh_port) == "answered",
+                 "the host reaches n2 again", 10)
+        self.assertEqual(probe(lab, "n1", n2.address, 8080, http=True), "answered")
+        self.assertEqual(probe(lab, "n2", n1.address, lab.ssh_port), "answered")
+        self.assertEqual(ssh_version(lab, n2).returncode, 0)
+        self.assertEqual(still_running(before), {
+            pid: name for pid, (name, _) in before.items()})
+        self.assertFalse(lab.is_partitioned("n2"))
+        self.assertEqual(cli(lab, "status")[0], 0)
+        self.assertEqual(cli(lab, "heal", "n2"), (0, "n2 was not partitioned\n", ""))

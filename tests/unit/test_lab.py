@@ -11,17 +11,19 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 import flocker_async.lab as lab_package
 from flocker_async.cli.lab import LabOptions, main
 from flocker_async.lab import (
-    Lab, LabError, LabNames, choose_subnet, env_for, export_lines,
-    parse_node_name, parse_routes)
-from flocker_async.lab import _lab, _network
+    Lab, LabError, LabNames, NodePoweredOff, NodeStatus, choose_subnet,
+    env_for, export_lines, parse_node_name, parse_routes)
+from flocker_async.lab import _lab, _network, _system
 from flocker_async.lab.images import (
     MARIADB_ENTRYPOINT_SCRIPT, cache_key, find_mirror)
 from flocker_async.node._config import node_configuration_from_document
@@ -357,3 +359,372 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertIn("apt-get install", err)
         self.assertIn("docker.io", err)
+
+
+class FakeMachine:
+    """
+    The effects of power_off/power_on/partition/heal on one lab, recorded
+    instead of made: link states, the processes each node runs, calls.
+    """
+
+    def __init__(self, test, lab, nodes=("n1", "n2")):
+        self.calls = []
+        self.links = {name: True for name in nodes}
+        self.processes = {name: {101: "dockerd", 102: "httpd", 103: "httpd"}
+                          for name in nodes}
+        test.patch(_lab, "require_root", lambda: None)
+        test.patch(lab, "_link_up", lambda node: self.links[node.name])
+        test.patch(lab, "_set_link", self.set_link)
+        test.patch(lab, "_kill_node", self.kill_node)
+        test.patch(lab, "_clear_runtime",
+                   lambda node: self.calls.append(("clear", node.name)))
+        test.patch(lab, "_boot", self.boot)
+        test.patch(_lab, "dockerd_running", lambda layout: True)
+        test.patch(os.path, "exists", lambda path: True)  # the namespaces
+
+    def set_link(self, node, up):
+        self.calls.append(("link", node.name, up))
+        self.links[node.name] = up
+
+    def kill_node(self, node):
+        self.calls.append(("kill", node.name))
+        return self.processes.pop(node.name, {})
+
+    def boot(self, node):
+        self.calls.append(("boot", node.name))
+        self.processes[node.name] = {201: "dockerd"}
+        return ["dockerd started", "flocker-node started"]
+
+
+class PowerAndPartitionStateTests(SynchronousTestCase):
+    """The bookkeeping of power_off, power_on, partition and heal."""
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        write_state(self.directory)
+        self.lab = Lab(directory=self.directory)
+        self.machine = FakeMachine(self, self.lab)
+
+    def entry(self, name):
+        with open(self.lab.state_path) as f:
+            return next(e for e in json.load(f)["nodes"] if e["name"] == name)
+
+    def test_power_off(self):
+        """The link goes down before anything is killed, then what a reboot
+        clears goes; it is recorded; the other node is untouched."""
+        done = self.lab.power_off("n1")
+        self.assertEqual(self.machine.calls, [
+            ("link", "n1", False), ("kill", "n1"), ("clear", "n1")])
+        self.assertEqual(done[:2], ["link down", "killed 3 processes (dockerd, httpd x2)"])
+        self.assertIn("pool flab-n1 kept", done[2])
+        self.assertEqual(self.entry("n1")["power"], "off")
+        self.assertFalse(self.lab.is_powered_on("n1"))
+        self.assertTrue(self.lab.is_powered_on("n2"))
+        self.assertEqual(self.machine.links, {"n1": False, "n2": True})
+
+    def test_power_off_twice(self):
+        self.lab.power_off("n1")
+        del self.machine.calls[:]
+        self.assertEqual(self.lab.power_off("n1"), [])
+        self.assertEqual(self.machine.calls, [("kill", "n1")])  # finds nothing
+        self.assertFalse(self.lab.is_powered_on("n1"))
+
+    def test_interrupted_power_off_is_finished(self):
+        """Recorded before acting: a power-off that died half-way leaves the
+        node off, and the next one kills what still runs."""
+        def broken(node):
+            raise KeyboardInterrupt()
+        self.patch(self.lab, "_kill_node", broken)
+        self.assertRaises(KeyboardInterrupt, self.lab.power_off, "n1")
+        self.assertFalse(self.lab.is_powered_on("n1"))
+        self.patch(self.lab, "_kill_node", self.machine.kill_node)
+        done = self.lab.power_off("n1")
+        self.assertEqual(done[0], "killed 3 processes (dockerd, httpd x2)")
+        self.assertIn(("clear", "n1"), self.machine.calls)
+
+    def test_power_on(self):
+        self.lab.power_off("n1")
+        del self.machine.calls[:]
+        self.assertEqual(self.lab.power_on("n1"),
+                         ["link up", "dockerd started", "flocker-node started"])
+        self.assertEqual(self.machine.calls, [("link", "n1", True), ("boot", "n1")])
+        self.assertTrue(self.lab.is_powered_on("n1"))
+        self.assertEqual(self.entry("n1")["power"], "on")
+
+    def test_power_on_when_on(self):
+        """Only what does not run is started; nothing to do says nothing."""
+        self.patch(self.lab, "_boot", lambda node: [])
+        self.assertEqual(self.lab.power_on("n1"), [])
+        self.assertEqual(self.machine.calls, [])
+
+    def test_partition_and_heal(self):
+        done = self.lab.partition("n2")
+        self.assertEqual(done, ["link down; everything on n2 keeps running"])
+        self.assertEqual(self.machine.calls, [("link", "n2", False)])  # no kill
+        self.assertTrue(self.lab.is_partitioned("n2"))
+        self.assertTrue(self.lab.is_powered_on("n2"))
+        self.assertEqual(self.lab.partition("n2"), [])
+        self.assertEqual(self.lab.heal("n2"), ["link up"])
+        self.assertFalse(self.lab.is_partitioned("n2"))
+        self.assertEqual(self.machine.links["n2"], True)
+        self.assertEqual(self.lab.heal("n2"), [])
+        self.assertEqual(len(self.machine.calls), 2)
+
+    def test_partitioned_node_powered_off_and_on(self):
+        """Power and partition are separate facts: the link is up only when
+        the node is on and not partitioned."""
+        self.lab.partition("n1")
+        self.lab.power_off("n1")
+        self.assertTrue(self.lab.is_partitioned("n1"))
+        done = self.lab.power_on("n1")
+        self.assertIn("link left down: n1 is partitioned", done[0])
+        self.assertFalse(self.machine.links["n1"])
+        self.assertEqual(self.lab.heal("n1"), ["link up"])
+        self.assertTrue(self.machine.links["n1"])
+
+    def test_heal_while_powered_off(self):
+        self.lab.partition("n1")
+        self.lab.power_off("n1")
+        done = self.lab.heal("n1")
+        self.assertIn("stays down while it is powered off", done[0])
+        self.assertFalse(self.machine.links["n1"])
+        self.assertFalse(self.lab.is_partitioned("n1"))
+        self.assertEqual(self.lab.power_on("n1")[0], "link up")
+
+    def test_partition_while_powered_off(self):
+        self.lab.power_off("n1")
+        del self.machine.calls[:]
+        self.assertIn("powered off", self.lab.partition("n1")[0])
+        self.assertEqual(self.machine.calls, [])
+        self.assertEqual(self.lab.power_on("n1")[0],
+                         "link left down: n1 is partitioned ('flocker-lab heal "
+                         "n1' brings it up)")
+
+    def test_daemon_commands_refused_when_powered_off(self):
+        self.lab.power_off("n1")
+        for method in (self.lab.kill_daemon, self.lab.start_daemon):
+            e = self.assertRaises(NodePoweredOff, method, "n1")
+            self.assertIn("node n1 is powered off", str(e))
+        self.assertIn("power-on n1", str(self.assertRaises(
+            NodePoweredOff, self.lab.start_daemon, "n1")))
+        # exec still runs in its namespace
+        argv, env = self.lab.exec_argv("n1", ["zfs", "list"])
+        self.assertEqual(argv[-2:], ["zfs", "list"])
+
+    def test_up_leaves_power_and_partitions(self):
+        """up keeps both facts, starts nothing on a powered-off node, and
+        plugs each node in with its link as they say."""
+        write_state(self.directory, nodes=3)
+        self.lab.power_off("n1")
+        self.lab.partition("n2")
+        lines = []
+        self.lab.progress = lines.append
+        self.patch(_network, "host_routes", lambda: [])
+        planned = self.lab._plan(None)
+        self.assertEqual((self.entry("n1")["power"], self.entry("n2")["partitioned"],
+                          self.entry("n3")["power"], self.entry("n3")["partitioned"]),
+                         ("off", True, "on", False))
+        running = self.lab._running_nodes(planned)
+        self.assertEqual([n.name for n in running], ["n2", "n3"])
+        self.assertEqual(lines, [
+            "n1 is powered off: left it off ('flocker-lab power-on n1' starts it)",
+            "n2 is partitioned: left its link down ('flocker-lab heal n2' brings it up)"])
+        links = {}
+        for name in ("ensure_switch", "ensure_host_link", "ensure_namespace"):
+            self.patch(_network, name, lambda *a, **kw: None)
+        self.patch(_network, "namespaces", lambda: [])
+        self.patch(_network, "ensure_node_link",
+                   lambda namespace, port, *a, link_up: links.update({port: link_up}))
+        self.lab._up_network(planned)
+        self.assertEqual(links, {"p1": False, "p2": False, "p3": True})
+
+
+class NodeStatusTests(SynchronousTestCase):
+
+    def status(self, **changes):
+        fields = dict(name="n1", address="10.237.0.11", namespace=True,
+                      dockerd=True, pool="ONLINE", daemon=True, ssh=True)
+        fields.update(changes)
+        return NodeStatus(**fields)
+
+    def test_line(self):
+        self.assertEqual(
+            self.status().line(),
+            "n1   10.237.0.11     power on  link up   namespace up   dockerd up   "
+            "pool online   daemon up")
+        self.assertEqual(
+            self.status(power=False, link=False, dockerd=False, daemon=False,
+                        ssh=False, partitioned=True).line(),
+            "n1   10.237.0.11     power off link down namespace up   dockerd down "
+            "pool online   daemon down  (partitioned)")
+
+    def test_healthy(self):
+        self.assertTrue(self.status().healthy)
+        for change in (dict(power=False), dict(link=False), dict(partitioned=True),
+                       dict(ssh=False), dict(pool="DEGRADED"), dict(dockerd=False)):
+            self.assertFalse(self.status(**change).healthy, change)
+
+
+class LinkAndProcessHelperTests(SynchronousTestCase):
+
+    def test_link_flags(self):
+        self.assertTrue(_network._link_flags_up(
+            "5: p1@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master br0"))
+        self.assertFalse(_network._link_flags_up(
+            "5: p1@if4: <BROADCAST,MULTICAST> mtu 1500 master br0 state DOWN"))
+        # Carrier lost (its peer is down) but itself administratively up.
+        self.assertTrue(_network._link_flags_up(
+            "7: eth0@if8: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500"))
+        self.assertFalse(_network._link_flags_up(""))
+
+    def test_describe_killed(self):
+        self.assertEqual(_lab._describe_killed({1: "dockerd"}), "1 process (dockerd)")
+        self.assertEqual(_lab._describe_killed({1: "sh", 2: "sleep", 3: "sh"}),
+                         "3 processes (sh x2, sleep)")
+
+    def test_kill_at_once_takes_the_whole_tree(self):
+        """A parent that would react to its child's death (here: print and
+        start another) never gets the chance: all are stopped, then killed."""
+        process = subprocess.Popen(
+            ["sh", "-c", "sleep 60 & wait; echo reacted; sleep 60"],
+            stdout=subprocess.PIPE)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        deadline = time.monotonic() + 10
+        while not _system.descendants([process.pid]):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        [child] = _system.descendants([process.pid])
+        self.assertEqual(_system.command_name(child), "sleep")
+        killed = _system.kill_at_once(
+            lambda: {process.pid} | _system.descendants([process.pid]))
+        self.assertEqual(killed, {process.pid: "sh", child: "sleep"})
+        self.assertEqual(process.wait(10), -signal.SIGKILL)
+        self.assertEqual(process.stdout.read(), b"")
+        self.assertFalse(_system.alive(child))
+
+    def test_kill_at_once_spares_this_process(self):
+        self.assertEqual(_system.kill_at_once(lambda: [os.getpid()]), {})
+
+
+class FailureCommandLineTests(SynchronousTestCase):
+    """power-off, power-on, partition and heal on the command line."""
+
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        write_state(directory)
+        self.lab = Lab(directory=directory)
+
+    def test_parse(self):
+        for command in ("power-off", "power-on", "partition", "heal"):
+            options = LabOptions()
+            options.parseOptions([command, "n2"])
+            self.assertEqual((options.subCommand, options.subOptions["node"]),
+                             (command, "n2"))
+
+    def test_usage_errors(self):
+        for argv in (["power-off"], ["power-on", "n0"], ["partition", "n1", "n2"],
+                     ["heal", "node1"], ["power-off", "--force", "n1"]):
+            status, out, err = run_cli(argv, self.lab)
+            self.assertEqual(status, 64, argv)
+            self.assertIn("flocker-lab %s --help" % (argv[0],), err)
+            self.assertNotIn("Traceback", err)
+        status, out, err = run_cli(["heal", "node1"], self.lab)
+        self.assertIn("'node1' is not a lab node name", err)
+
+    def test_unknown_node(self):
+        FakeMachine(self, self.lab)
+        status, out, err = run_cli(["power-off", "n3"], self.lab)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("the lab has no node n3; its nodes are n1, n2", err)
+
+    def test_not_root(self):
+        if os.geteuid() == 0:
+            self.patch(os, "geteuid", lambda: 1000)
+        for command in ("power-off", "power-on", "partition", "heal"):
+            status, out, err = run_cli([command, "n1"], self.lab)
+            self.assertEqual(status, 1, command)
+            self.assertIn("must run as root", err)
+
+    def test_power_off_and_on(self):
+        FakeMachine(self, self.lab)
+        self.assertEqual(run_cli(["power-off", "n1"], self.lab)[:2], (0, (
+            "n1: link down\n"
+            "n1: killed 3 processes (dockerd, httpd x2)\n"
+            "n1: iptables and conntrack flushed, docker's runtime state "
+            "cleared, as a reboot would; pool flab-n1 kept\n"
+            "n1 is powered off\n")))
+        self.assertEqual(run_cli(["power-off", "n1"], self.lab),
+                         (0, "n1 was already powered off\n", ""))
+        status, out, err = run_cli(["kill-daemon", "n1"], self.lab)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("flocker-lab: node n1 is powered off", err)
+        status, out, err = run_cli(["start-daemon", "n1"], self.lab)
+        self.assertEqual(status, 1)
+        self.assertIn("'flocker-lab power-on n1'", err)
+        self.assertEqual(run_cli(["power-on", "n1"], self.lab), (0, (
+            "n1: link up\nn1: dockerd started\nn1: flocker-node started\n"
+            "n1 is powered on\n"), ""))
+
+    def test_power_on_failure(self):
+        FakeMachine(self, self.lab)
+
+        def boot(node):
+            raise _lab.DaemonStartError({"n1": "it exited with status 1"})
+        self.patch(self.lab, "_boot", boot)
+        status, out, err = run_cli(["power-on", "n1"], self.lab)
+        self.assertEqual(status, 1)
+        self.assertEqual(err, "flocker-lab: flocker-node on n1 did not start: "
+                              "it exited with status 1\n")
+
+    def test_partition_and_heal(self):
+        FakeMachine(self, self.lab)
+        self.assertEqual(run_cli(["partition", "n2"], self.lab), (0, (
+            "n2: link down; everything on n2 keeps running\n"
+            "n2 is partitioned\n"), ""))
+        self.assertEqual(run_cli(["partition", "n2"], self.lab),
+                         (0, "n2 was already partitioned\n", ""))
+        self.assertEqual(run_cli(["heal", "n2"], self.lab),
+                         (0, "n2: link up\nn2 is healed\n", ""))
+        self.assertEqual(run_cli(["heal", "n2"], self.lab),
+                         (0, "n2 was not partitioned\n", ""))
+
+
+class DaemonIdentityTests(SynchronousTestCase):
+    """
+    The lab knows its daemons by pid, start time and command line.  While
+    nsenter execs twistd (and the kernel execs its interpreter), the
+    command line reads empty or torn for a moment: that is no reason to
+    think the daemon exited.
+    """
+
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        write_state(directory)
+        self.lab = Lab(directory=directory)
+        self.node = self.lab.node("n1")
+        self.lab._record_daemon(self.node, {"pid": 4242, "start": "99"})
+        self.patch(_lab, "alive", lambda pid: pid == 4242)
+        self.patch(_lab, "process_start_time",
+                   lambda pid: "99" if pid == 4242 else None)
+        self.patch(time, "sleep", lambda seconds: None)
+
+    def command_lines(self, *lines):
+        lines = list(lines)
+        self.patch(_lab, "cmdline", lambda pid: lines.pop(0) if len(lines) > 1
+                   else lines[0])
+
+    def test_command_line_read_during_exec(self):
+        self.command_lines([], ["nsenter", "--net=x"], [
+            "python3", "twistd", "flocker-node", "--config", self.node.config_path])
+        self.assertEqual(self.lab._daemon_pid(self.node), 4242)
+
+    def test_another_program(self):
+        """The same pid and start time after a reboot, another program."""
+        self.command_lines(["sshd", "-D"])
+        self.assertIsNone(self.lab._daemon_pid(self.node))
+
+    def test_exited(self):
+        self.command_lines([])
+        self.patch(_lab, "alive", lambda pid: False)
+        self.assertIsNone(self.lab._daemon_pid(self.node))
