@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import List, Optional, TextIO
+from typing import Callable, List, Optional, TextIO
 
 from twisted.python import usage
 
@@ -278,11 +278,11 @@ def run_command(options: LabOptions, lab: Lab, out: TextIO, err: TextIO) -> int:
             raise LabError("cannot run %s: %s" % (argv[0], e))
         while True:
             try:
-                status = process.wait()
+                exit_status = process.wait()
                 break
             except KeyboardInterrupt:
                 continue  # the command got the SIGINT too; wait for it
-        return status if status >= 0 else 128 - status
+        return exit_status if exit_status >= 0 else 128 - exit_status
     if command == "kill-daemon":
         if lab.kill_daemon(sub["node"]):
             out.write("killed flocker-node on %s\n" % (sub["node"],))
@@ -327,8 +327,15 @@ def _daemon_failures(error: DaemonStartError, err: TextIO) -> None:
                   % (name, why))
 
 
-def main(argv: Optional[List[str]] = None, out: TextIO = None,
-         err: TextIO = None, lab: Optional[Lab] = None) -> int:
+def _printer(out: TextIO) -> Callable[[str], None]:
+    def progress(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+    return progress
+
+
+def main(argv: Optional[List[str]] = None, out: Optional[TextIO] = None,
+         err: Optional[TextIO] = None, lab: Optional[Lab] = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     options = LabOptions()
@@ -345,7 +352,7 @@ def main(argv: Optional[List[str]] = None, out: TextIO = None,
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else EXIT_OK
     if lab is None:
-        lab = Lab(progress=lambda line: (out.write(line + "\n"), out.flush()))
+        lab = Lab(progress=_printer(out))
     try:
         return run_command(options, lab, out, err)
     except LabError as e:

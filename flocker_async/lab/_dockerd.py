@@ -88,8 +88,9 @@ def start_dockerd(layout: DockerdLayout, bridge_cidr: str, spare=()) -> int:
     its pid.  Leftovers of a crashed daemon are removed first (sparing the
     processes in ``spare``).
     """
-    if dockerd_running(layout):
-        return _pid_from_file(layout.pidfile)
+    pid = _pid_from_file(layout.pidfile) if dockerd_running(layout) else None
+    if pid is not None:
+        return pid
     stop_dockerd(layout, spare)  # whatever a crashed one left
     for directory in (layout.root, layout.data_root, layout.exec_root):
         os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -359,8 +359,8 @@ class Lab:
         # One lock for every lab on the machine: two labs choosing a subnet
         # at once could otherwise choose the same one.
         self.lock_file = lock_file
-        self._children = {}
-        self._log_offsets = {}
+        self._children: Dict[int, "subprocess.Popen[bytes]"] = {}
+        self._log_offsets: Dict[str, Dict[str, int]] = {}
 
     def __repr__(self) -> str:
         return "<Lab %s>" % (self.directory,)
@@ -588,7 +588,7 @@ class Lab:
         return running
 
     def _up_network(self, nodes: Sequence[LabNode]) -> None:
-        subnet = ipaddress.ip_network(self.subnet)
+        subnet = ipaddress.ip_network(self.subnet or "")
         switch = self.names.switch
         state = self._read_state()
         net.ensure_switch(switch)
@@ -801,7 +801,8 @@ class Lab:
     def _reap(self, node: LabNode) -> str:
         """Collect a child daemon that exited; ' with status N' if known."""
         for pid, process in list(self._children.items()):
-            if node.config_path in process.args and process.poll() is not None:
+            argv = process.args if isinstance(process.args, (list, tuple)) else []
+            if node.config_path in argv and process.poll() is not None:
                 del self._children[pid]
                 return " with status %s" % (process.returncode,)
         return ""

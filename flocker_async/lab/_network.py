@@ -31,8 +31,8 @@ HOST_VETH = PREFIX + "host"        # the host's end (in the host namespace)
 SWITCH_HOST_PORT = "host0"         # its peer, a port of the bridge
 BRIDGE = "br0"
 # Lab subnets are /24s of these ranges, the first that is free.
-LAB_RANGE = ipaddress.ip_network("10.237.0.0/16")
-BRIDGE_RANGE = ipaddress.ip_network("10.238.0.0/16")  # the nodes' docker0s
+LAB_RANGE = ipaddress.IPv4Network("10.237.0.0/16")
+BRIDGE_RANGE = ipaddress.IPv4Network("10.238.0.0/16")  # the nodes' docker0s
 HOST_INDEX = 1
 FIRST_NODE_INDEX = 11
 
@@ -86,7 +86,7 @@ def choose_subnet(routes: Sequence[Route],
     Routes through the lab's own host veth do not count: they are ours.
     """
     if preferred is not None:
-        subnet = ipaddress.ip_network(preferred)
+        subnet = ipaddress.IPv4Network(preferred)
         clash = _clashes(subnet, routes, own_device)
         if clash:
             raise LabError(
@@ -107,7 +107,7 @@ def choose_bridge_subnets(routes: Sequence[Route], count: int, lab_subnet,
     One /24 per node for its docker0 bridge: distinct (so a container
     address names its node), overlapping no host route and not the lab.
     """
-    chosen = []
+    chosen: List[ipaddress.IPv4Network] = []
     for subnet in BRIDGE_RANGE.subnets(new_prefix=24):
         if subnet.network_address == BRIDGE_RANGE.network_address:
             continue  # .0.x reads like a mistake in logs; start at .1

@@ -139,8 +139,8 @@ def cmdline(pid: int) -> List[str]:
 
 def ancestors() -> Set[int]:
     """This process and its ancestors: never killed by a sweep."""
-    found = set()
-    pid = os.getpid()
+    found: Set[int] = set()
+    pid: Optional[int] = os.getpid()
     while pid is not None and pid > 1 and pid not in found:
         found.add(pid)
         pid = _parent(pid)
@@ -161,7 +161,7 @@ def _parent(pid: int) -> Optional[int]:
 
 def descendants(pids: Iterable[int]) -> Set[int]:
     """Every child, grandchild, ... of ``pids`` (not ``pids`` themselves)."""
-    children = {}
+    children: Dict[Optional[int], List[int]] = {}
     for pid in _pids():
         children.setdefault(_parent(pid), []).append(pid)
     found: Set[int] = set()
@@ -306,7 +306,7 @@ def unmount_all(directory: str) -> None:
 
 def cgroup_dirs(name: str) -> List[str]:
     """The cgroup directories ``/<name>`` in every hierarchy, deepest first."""
-    found = []
+    found: List[str] = []
     try:
         controllers = os.listdir(CGROUP_ROOT)
     except OSError:

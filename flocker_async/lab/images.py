@@ -387,7 +387,8 @@ def _build_mariadb_rootfs(mirror: str, workdir: str, path: str, progress):
         try:
             tail = _relay_debootstrap(process.stdout, progress, started)
         finally:
-            process.stdout.close()
+            if process.stdout is not None:
+                process.stdout.close()
             status = process.wait()
         if status != 0:
             log = os.path.join(root, "debootstrap", "debootstrap.log")
