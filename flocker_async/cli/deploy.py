@@ -221,6 +221,12 @@ def describe(event: dict) -> Optional[str]:
         "unroute": "removed routes of",
         "take-over": "took over volume",
     }
+    if action == "replicated":
+        return "replicated volume %s to %s (%s)" % (app, event.get("to"),
+                                                    _size(event.get("bytes", 0)))
+    if action == "replication-failed":
+        return "replicating volume %s to %s failed: %s" % (app, event.get("to"),
+                                                           event.get("error"))
     if action == "set-aside":
         return ("set its copy of volume %s aside (it lost ownership; kept read-only "
                 "at %s until an operator discards it)" % (app, event.get("mountpoint")))
