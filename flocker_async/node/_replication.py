@@ -111,6 +111,10 @@ class Replicator(Service):
             return []
         me = self.deployer.hostname
         work = []
+        here = {app.name for node, app in request.deployment.applications()
+                if node.hostname == me and app.volume is not None}
+        for key in [k for k in self.status if k[0] not in here]:
+            del self.status[key]  # moved away: its new owner replicates it
         for node, app in request.deployment.applications():
             if node.hostname != me or app.volume is None:
                 continue

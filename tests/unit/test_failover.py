@@ -261,3 +261,14 @@ class TakeOverTests(SynchronousTestCase):
         failure = self.assertRaises(Exception, c.run, c.peers.push(
             N2, "db", lambda consumer: None, owner=N1, epoch=1))
         self.assertIn("no longer owns it", str(failure))
+
+
+class ReplicationStatusTests(SynchronousTestCase):
+    def test_status_forgotten_once_the_volume_moves_away(self):
+        r = Replicating(self, [N1, N2], placed(n1=[DB], n2=[], standby=[N2]))
+        r.round(1)
+        self.assertIn(("db", N2), r.replicator.status)
+        r.request = ApplyRequest(N1, "d2", placed(n1=[], n2=[DB], standby=[N1]),
+                                 ClusterState(r.c.states()), (), 2, ())
+        r.round(1)
+        self.assertEqual(r.replicator.status, {})
