@@ -323,7 +323,9 @@ class TakeOverTests(FailoverTestCase):
                         and self.writable_copies(name, settled=False) == ["n2"]
                         and 0 in self.rows_quietly(self.n1, port),
                         CONVERGENCE_INTERVAL * 3 + 10, "the old owner yields")
-        self.assertLess(time.monotonic() - started, CONVERGENCE_INTERVAL * 3 + 10)
+        # Within one convergence interval (and the time a stop and a
+        # set-aside take on this shared machine).
+        self.assertLess(time.monotonic() - started, CONVERGENCE_INTERVAL + 5)
         state = self.node_state("n1")
         kept = [c for c in state["set_aside"] if c["volume"] == name]
         self.assertEqual(len(kept), 1, state["set_aside"])
