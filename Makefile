@@ -78,8 +78,10 @@ bench: deps
 	$(VENV)/bin/python bench/transfer.py --json $(BENCH_OUT)/transfer.json
 	$(VENV)/bin/python bench/downtime.py --json $(BENCH_OUT)/downtime.json
 	$(VENV)/bin/python bench/converge.py --json $(BENCH_OUT)/converge.json
+	$(VENV)/bin/python bench/failover.py --json $(BENCH_OUT)/failover.json
 	@$(VENV)/bin/python bench/report.py $(BENCH_OUT)/transfer.json \
-	  $(BENCH_OUT)/downtime.json $(BENCH_OUT)/converge.json
+	  $(BENCH_OUT)/downtime.json $(BENCH_OUT)/converge.json \
+	  $(BENCH_OUT)/failover.json
 
 demo: deps
 	$(VENV)/bin/python -m flocker_async.lab.demo $(if $(KEEP),--keep,)

@@ -1,8 +1,8 @@
 """
-One table from the three benchmarks' JSON files (``make bench`` runs them
-and then this):
+One table from the benchmarks' JSON files (``make bench`` runs them and
+then this):
 
-    python bench/report.py transfer.json downtime.json converge.json
+    python bench/report.py transfer.json downtime.json converge.json failover.json
 """
 
 import json
@@ -47,6 +47,27 @@ def main(paths):
             rows.append(("converge: %s node%s" % (n, "" if n == "1" else "s"),
                          "%.2f s" % conv[n], "%.2f" % (conv[n] / one) if one else "",
                          "8 <= 1.5 x 1" if n == "8" else ""))
+    failover = results.get("failover") or {}
+    for r in failover.get("rpo") or []:
+        if r["median_s"] is None:
+            continue
+        rows.append(("failover: RPO, replication_interval %d s (%d runs)"
+                     % (r["interval_s"], len(r["runs"])),
+                     "%.2f s median, %.2f s max, stated %s s" % (
+                         r["median_s"], r["max_s"], r["stated_median_s"]),
+                     "%.2f x interval" % (r["median_s"] / r["interval_s"],),
+                     "none lost before the stated snapshot"
+                     + ("" if r["within_snapshot_age"] else ": FAILED")))
+    cost = failover.get("cost")
+    if cost and cost.get("daemon_cpu_s_per_gib") is not None:
+        rows += [
+            ("failover: replication CPU, owner's flocker-node",
+             "%.2f s/GiB (+%.2f s/GiB its zfs commands)" % (
+                 cost["daemon_cpu_s_per_gib"], cost["daemon_children_cpu_s_per_gib"]),
+             "", ""),
+            ("failover: replication CPU, zfs-fuse (shared)",
+             "%.2f s/GiB" % (cost["zfs_fuse_cpu_s_per_gib"],), "", ""),
+        ]
     widths = [max(len(str(r[i])) for r in rows + [("what", "measured", "ratio", "target")])
               for i in range(4)]
     for row in [("what", "measured", "ratio", "target")] + rows:
