@@ -64,6 +64,7 @@ class NodeInfo:
     # volume as its last deployment knew it.
     heard: Dict[str, float] = {}
     known_owners: Dict[str, str] = {}
+    known_epochs: Dict[str, int] = {}
     # The peers its last deployment named (keys of nodes now down, too).
     peers: Tuple[Peer, ...] = ()
 
@@ -110,6 +111,8 @@ def _failover_fields(document: dict, name: str) -> dict:
              and not isinstance(v, bool)}
     owners = {k: v for k, v in (document.get("known_owners") or {}).items()
               if isinstance(k, str) and isinstance(v, str)}
+    epochs = {k: v for k, v in (document.get("known_epochs") or {}).items()
+              if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
     peers = []
     for entry in document.get("peers") or []:
         try:
@@ -119,7 +122,7 @@ def _failover_fields(document: dict, name: str) -> dict:
             raise ValueError("%s state: peers: expected {address, ssh_port, "
                              "node_key, host_key}" % (name,))
     return dict(generation=generation, heard=heard, known_owners=owners,
-                peers=tuple(peers))
+                known_epochs=epochs, peers=tuple(peers))
 
 
 async def gather(reactor, client: SSHClient, deployment: Deployment,
@@ -170,6 +173,15 @@ def live_part(deployment: Deployment, down: Iterable[str]) -> Deployment:
                       standby=deployment.standby)
 
 
+def epoch_floor(infos: Dict[str, NodeInfo]) -> Dict[str, int]:
+    """The highest ownership epoch any live node saw claimed, per volume."""
+    floor: Dict[str, int] = {}
+    for info in infos.values():
+        for name, epoch in info.known_epochs.items():
+            floor[name] = max(epoch, floor.get(name, 0))
+    return floor
+
+
 def next_generation(infos: Dict[str, NodeInfo]) -> int:
     """One more than the newest deployment any node converges to."""
     return 1 + max((info.generation for info in infos.values()), default=0)
@@ -210,11 +222,12 @@ def takeover_report(deployment: Deployment, infos: Dict[str, NodeInfo],
     """
     desired = by_address(deployment, infos, down)
     cluster = ClusterState([info.state for info in infos.values()])
-    plans = plan_takeovers(desired, cluster, down.values())
+    plans = plan_takeovers(desired, cluster, down.values(), epoch_floor(infos))
     lines, refused = [], []
     newest_first = sorted(infos.values(), key=lambda i: -i.generation)
     for node, app in desired.applications():
-        if app.volume is None or app.name in plans or cluster.owner_of(app.name):
+        if app.volume is None or app.name in plans or cluster.owner_of(
+                app.name, down.values()):
             continue
         owner = next((i.known_owners[app.name] for i in newest_first
                       if app.name in i.known_owners), None)
@@ -242,7 +255,8 @@ def takeover_report(deployment: Deployment, infos: Dict[str, NodeInfo],
                                               plan.old_owner, _clock(plan.snapshot_time)))
         else:
             lines.append("%s: last replica on %s is from %s, %d s before %s was "
-                         "last heard from (%s): writes after %s may be lost"
+                         "last heard from (%s): writes after %s may be lost, those "
+                         "it took after it was last heard from too"
                          % (name, plan.source, _clock(plan.snapshot_time),
                             max(0, round(heard - plan.snapshot_time)),
                             plan.old_owner, _clock(heard), _clock(plan.snapshot_time)))
@@ -314,7 +328,8 @@ async def apply_all(client: SSHClient, deployment: Deployment,
         Deferred.fromCoroutine(_apply_one(
             client, infos[n], port,
             encode_apply(infos[n].address, deploy_id, desired, cluster, peers,
-                         generation=generation, down=sorted(down.values())),
+                         generation=generation, down=sorted(down.values()),
+                         epoch_floor=epoch_floor(infos)),
             on_event))
         for n in names], consumeErrors=True)
     failures = [NodeFailure(n, _explain(cast(Failure, v).value))
@@ -338,7 +353,8 @@ def dry_run(deployment: Deployment, infos: Dict[str, NodeInfo],
             return configuration_digest(
                 app, "%s/%s" % (root, app.name) if app.volume is not None else None)
         changes[name] = calculate_changes(info.address, desired, cluster, digest,
-                                          down=down.values())
+                                          down=down.values(),
+                                          epoch_floor=epoch_floor(infos))
     return changes
 
 

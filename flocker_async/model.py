@@ -346,17 +346,22 @@ class ClusterState:
         return ClusterState(
             [n for n in self.nodes if n.hostname != state.hostname] + [state])
 
-    def owner_of(self, volume_name: str) -> Optional[str]:
+    def owner_of(self, volume_name: str, down: Iterable[str] = ()) -> Optional[str]:
         """
         The node holding the live copy of a volume: the one whose copy names
         itself as owner, preferring the highest ownership epoch (a node that
         was taken over from and returns still claims its old copy), then a
         writable copy (during a handoff the source's read-only copy still
-        names the source until ``acquire``).
+        names the source until ``acquire``).  Claimants in ``down`` (nodes
+        the operator declared dead) lose to any other.
         """
         claimants = []
         for node in self.nodes:
             volume = node.volume(volume_name)
             if volume is not None and node.claims(volume_name):
                 claimants.append((-volume.epoch, not volume.writable, node.hostname))
+        # A node declared down never wins over one that is not, whatever
+        # its epoch (it may have raised it while no one heard from it).
+        alive = [c for c in claimants if c[2] not in set(down)]
+        claimants = alive or claimants
         return sorted(claimants)[0][2] if claimants else None

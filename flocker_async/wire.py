@@ -130,6 +130,8 @@ class ApplyRequest:
     peers: Tuple[Peer, ...]
     generation: int = 0
     down: Tuple[str, ...] = ()
+    # The highest ownership epoch any live node saw claimed, per volume.
+    epoch_floor: Tuple[Tuple[str, int], ...] = ()
 
 
 class _Problems:
@@ -253,7 +255,7 @@ def decode_node_state(doc: Any, source: str = "state") -> NodeState:
 
 def encode_apply(node: str, deploy_id: str, deployment: Deployment,
                  cluster: ClusterState, peers, generation: int = 0,
-                 down=()) -> bytes:
+                 down=(), epoch_floor: Optional[Dict[str, int]] = None) -> bytes:
     applications = [app for _, app in deployment.applications()]
     document = {
         "version": WIRE_VERSION,
@@ -268,6 +270,7 @@ def encode_apply(node: str, deploy_id: str, deployment: Deployment,
                   for peer in sorted(peers, key=lambda peer: peer.address)],
         "generation": generation,
         "down": sorted(down),
+        "epoch_floor": dict(sorted((epoch_floor or {}).items())),
     }
     return json.dumps(document, sort_keys=True).encode("utf-8")
 
@@ -282,7 +285,7 @@ def retarget_apply(data: bytes, node: str) -> bytes:
 
 _APPLY_KEYS = {"version", "node", "deploy_id", "deployment", "applications",
                "cluster", "peers"}
-_OPTIONAL_APPLY_KEYS = {"generation", "down"}
+_OPTIONAL_APPLY_KEYS = {"generation", "down", "epoch_floor"}
 
 
 def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
@@ -383,6 +386,17 @@ def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
             p.add("down[%d]" % (i,), "expected an IPv4 address")
         else:
             down.append(address)
+    floor = doc.get("epoch_floor", {})
+    epoch_floor = []
+    if not isinstance(floor, dict) or len(floor) > 100000:
+        p.add("epoch_floor", "expected a mapping of volume name to epoch")
+        floor = {}
+    for name, epoch in sorted(floor.items(), key=lambda item: str(item[0])):
+        if (not isinstance(name, str) or not NAME_PATTERN.match(name)
+                or _whole(epoch) is None):
+            p.add("epoch_floor", "expected volume names mapped to whole numbers")
+            break
+        epoch_floor.append((name, epoch))
     if deployment is not None:
         for n in deployment.nodes:
             if n.hostname in down and n.applications:
@@ -392,7 +406,8 @@ def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
         raise ConfigurationError(p.problems)
     return ApplyRequest(node=node, deploy_id=deploy_id, deployment=deployment,
                         cluster=ClusterState(nodes), peers=tuple(peers),
-                        generation=generation, down=tuple(sorted(set(down))))
+                        generation=generation, down=tuple(sorted(set(down))),
+                        epoch_floor=tuple(epoch_floor))
 
 
 def resolve_ipv4(reactor, hostname: str) -> Deferred:

@@ -67,6 +67,7 @@ def calculate_changes(
     cluster: ClusterState,
     digest: Callable[[Application], str],
     down: Iterable[str] = (),
+    epoch_floor: Optional[Dict[str, int]] = None,
 ) -> IStateChange:
     """
     The changes that take node ``hostname`` from its state in ``cluster``
@@ -77,9 +78,11 @@ def calculate_changes(
     digest is left alone.  ``down`` are the nodes the operator declared
     dead: their volumes are taken over from the freshest surviving copy,
     and a node that finds itself among them yields what it still claims.
+    ``epoch_floor``: the highest ownership epoch seen per volume (see
+    ``plan_takeovers``).
     """
     down = frozenset(down)
-    takeovers = plan_takeovers(desired, cluster, down)
+    takeovers = plan_takeovers(desired, cluster, down, epoch_floor)
     local = cluster.node(hostname) or NodeState(hostname)
     initial_routes: Dict[str, Tuple[Tuple[int, ...], Route]] = {}
     per_application = []
@@ -91,7 +94,7 @@ def calculate_changes(
         takeover = takeovers.get(app.name)
         if node.hostname == hostname:
             steps, route = _converge_here(hostname, app, local, cluster, running,
-                                          digest, takeover)
+                                          digest, takeover, down)
         else:
             steps, route = _converge_elsewhere(
                 hostname, node.hostname, app, local, cluster, running, takeover, down)
@@ -118,8 +121,8 @@ def _start(app: Application, ports) -> List:
 
 
 def _converge_here(hostname, app, local: NodeState, cluster: ClusterState,
-                   running, digest, takeover: Optional[TakeOverPlan]
-                   ) -> Tuple[List, Optional[Route]]:
+                   running, digest, takeover: Optional[TakeOverPlan],
+                   down: FrozenSet[str]) -> Tuple[List, Optional[Route]]:
     ports = _ports(app)
     container = container_application(app, hostname)
     unchanged = (running is not None and running.running
@@ -127,7 +130,7 @@ def _converge_here(hostname, app, local: NodeState, cluster: ClusterState,
     steps: List = []
     if app.volume is not None:
         volume = local.volume(app.name)
-        owner = cluster.owner_of(app.name)
+        owner = cluster.owner_of(app.name, down)
         if takeover is not None:
             # Its owner is down: take over from the freshest surviving copy,
             # here or pushed here first; nobody serves it meanwhile.
@@ -178,8 +181,8 @@ def _give_up(name: str, writable: bool, owner: str, cluster: ClusterState):
     return RecordOwner(name, owner, theirs.epoch if theirs is not None else None)
 
 
-def _acquired_elsewhere(hostname, name, local: NodeState,
-                        cluster: ClusterState) -> Optional[str]:
+def _acquired_elsewhere(hostname, name, local: NodeState, cluster: ClusterState,
+                        down: FrozenSet[str]) -> Optional[str]:
     """
     The node that acquired ``name`` from us when our copy still names us
     but is read-only: another node's copy names itself owner, which only
@@ -189,7 +192,7 @@ def _acquired_elsewhere(hostname, name, local: NodeState,
     ours = local.volume(name)
     if ours is None or ours.owner != hostname or ours.writable:
         return None
-    owner = cluster.owner_of(name)
+    owner = cluster.owner_of(name, down)
     return owner if owner != hostname else None
 
 
@@ -226,15 +229,15 @@ def _converge_elsewhere(hostname, target, app, local: NodeState,
     name = app.name
     steps: List = [StopApplication(name)] if running is not None else []
     if app.volume is not None:
-        acquired_by = _acquired_elsewhere(hostname, name, local, cluster)
+        acquired_by = _acquired_elsewhere(hostname, name, local, cluster, down)
         if acquired_by is not None:
             steps.append(_give_up(name, False, acquired_by, cluster))
             return steps, (proxy_to(target) if ports else None)
         if stale_claim(hostname, name, cluster, down):
             # We were declared down, or another copy took over while we were
             # away: stop serving, keep our copy aside, proxy to the target.
-            steps.append(YieldVolume(name, cluster.owner_of(name)
-                                     if cluster.owner_of(name) != hostname else target))
+            owner = cluster.owner_of(name, down)
+            steps.append(YieldVolume(name, owner if owner != hostname else target))
             return steps, (proxy_to(target) if ports else None)
         if takeover is not None and takeover.source == hostname:
             # We hold the freshest surviving copy: push it to the node taking

@@ -53,19 +53,26 @@ class TakeOverPlan:
 
 
 def plan_takeovers(desired: Deployment, cluster: ClusterState,
-                   down: Iterable[str]) -> Dict[str, TakeOverPlan]:
+                   down: Iterable[str],
+                   epoch_floor: Optional[Dict[str, int]] = None
+                   ) -> Dict[str, TakeOverPlan]:
     """
     Every take-over ``desired`` needs: an application with a volume whose
     live copy no reachable node holds, and whose copies name an owner that
-    is in ``down``.
+    is in ``down``.  The new epoch is one more than any surviving copy's
+    and than ``epoch_floor`` (the highest epoch any node saw claimed: a
+    node that took over and died before replicating raised it unseen by
+    the copies).
     """
+    epoch_floor = epoch_floor or {}
     down = frozenset(down)
     plans: Dict[str, TakeOverPlan] = {}
     for node, app in desired.applications():
         name = app.name
         if app.volume is None or node.hostname in down:
             continue
-        if cluster.owner_of(name) is not None:
+        owner = cluster.owner_of(name, down)
+        if owner is not None and owner not in down:
             continue
         copies: List[Tuple[str, VolumeState]] = []
         for n in cluster.nodes:
@@ -85,7 +92,7 @@ def plan_takeovers(desired: Deployment, cluster: ClusterState,
             application=name, old_owner=last.owner, target=node.hostname,
             source=source, snapshot=newest,
             snapshot_time=snapshot_time(newest) if newest else None,
-            epoch=1 + max(v.epoch for _, v in copies))
+            epoch=1 + max([v.epoch for _, v in copies] + [epoch_floor.get(name, 0)]))
     return plans
 
 
@@ -100,7 +107,7 @@ def stale_claim(hostname: str, name: str, cluster: ClusterState,
     ours = local.volume(name) if local is not None else None
     if ours is None or ours.owner != hostname or not ours.writable:
         return False
-    owner = cluster.owner_of(name)
+    owner = cluster.owner_of(name, down)
     return hostname in down or (owner is not None and owner != hostname)
 
 

@@ -144,7 +144,7 @@ class Replicator(Service):
         for name, standbys, _ in self.due(now):
             if name in self._rounds or name in self._paused:
                 continue
-            d = self.replicate(name, standbys)
+            d = self.replicate(name, standbys, now)
             self._rounds[name] = d
 
             def done(result, name=name, d=d):
@@ -159,12 +159,15 @@ class Replicator(Service):
     # --- one round --------------------------------------------------------------
 
     @deferred
-    async def replicate(self, name: str, standbys: List[str]) -> None:
+    async def replicate(self, name: str, standbys: List[str],
+                        now: Optional[float] = None) -> None:
         """One round: a snapshot of ``name`` pushed to each of ``standbys``,
         then pruning.  Fires when done; never fails (errors are recorded)."""
         deployer = self.deployer
         volume = VolumeName(name)
-        now = self.clock.seconds()
+        # The tick's time, not a moment later: rounds start every interval,
+        # not every interval plus a tick.
+        now = self.clock.seconds() if now is None else now
         for standby in standbys:
             self._record(name, standby, last_attempt=now)
         try:

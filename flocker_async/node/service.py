@@ -111,6 +111,9 @@ class KnownOwners:
     def owners(self) -> Dict[str, str]:
         return {name: owner for name, (owner, _) in sorted(self._owners.items())}
 
+    def epochs(self) -> Dict[str, int]:
+        return {name: epoch for name, (_, epoch) in sorted(self._owners.items())}
+
 
 class NodeEvents:
     """
@@ -170,6 +173,9 @@ class NodeConvergence(Service):
         self.known_owners = KnownOwners(os.path.join(store.directory, KNOWN_OWNERS))
         # The standby replication, paused for volumes a run moves.
         self.replicator: Optional[Replicator] = None
+        # How many applies this node took: a periodic run that sees it
+        # change while it asked its peers leaves the work to the apply's run.
+        self._applies = 0
         self.sync_timeout = 5.0
         self._loop = None
         self.last_error: Optional[str] = None
@@ -246,6 +252,7 @@ class NodeConvergence(Service):
                 % (self.generation, request.generation))])
         self.store.save(data)
         self._adopt(request, data)
+        self._applies += 1
         log.info("apply {deploy_id}: desired state saved (generation {generation})",
                  deploy_id=request.deploy_id, generation=request.generation)
         return self.lock.run(self._converge, emit, self.apply_handoff_timeout, False)
@@ -275,8 +282,12 @@ class NodeConvergence(Service):
 
     @deferred
     async def _converge_once(self, context: RunContext, sync: bool) -> None:
+        applies = self._applies
         fresh = await self.anti_entropy() if sync else []
-        if self.request is None:
+        if self.request is None or self._applies != applies:
+            # An apply came while we asked our peers: its own run, queued
+            # behind this one, converges to it with its progress streamed
+            # and its handoff timeout.
             return
         request = self.request
         cluster = request.cluster
@@ -286,7 +297,8 @@ class NodeConvergence(Service):
         cluster = cluster.with_node(local)
         self.known_owners.learn(fresh + [local])
         change = calculate_changes(self.deployer.hostname, request.deployment,
-                                   cluster, self.deployer.digest, down=request.down)
+                                   cluster, self.deployer.digest, down=request.down,
+                                   epoch_floor=dict(request.epoch_floor))
         resume = (self.replicator.pause(_volumes_moved(change))
                   if self.replicator is not None else lambda: None)
         try:
@@ -461,6 +473,7 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             # The owner of each volume as this node last knew it (its last
             # deployment's cluster state): what a take-over must account for.
             "known_owners": convergence.known_owners.owners(),
+            "known_epochs": convergence.known_owners.epochs(),
             "peers": ([{"address": p.address, "ssh_port": p.ssh_port,
                         "node_key": p.node_key, "host_key": p.host_key}
                        for p in request.peers] if request is not None else []),

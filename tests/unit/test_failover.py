@@ -272,3 +272,43 @@ class ReplicationStatusTests(SynchronousTestCase):
                                  ClusterState(r.c.states()), (), 2, ())
         r.round(1)
         self.assertEqual(r.replicator.status, {})
+
+
+class ReplicationScheduleTests(SynchronousTestCase):
+    def test_rounds_start_every_interval_not_interval_plus_a_tick(self):
+        """With a 2 s interval and 1 s ticks, rounds start 2 s apart, even
+        when starting a round takes a moment after the tick."""
+        r = Replicating(self, [N1, N2], placed(n1=[DB], n2=[], standby=[N2]))
+        r.request = ApplyRequest(N1, "d1", placed(n1=[Application(
+            name="db", image=IMAGE, ports=[Port(3306, 3306)],
+            volume=AttachedVolume("/var/lib/mysql", replication_interval=2))],
+            n2=[], standby=[N2]), ClusterState(r.c.states()), (), 1, ())
+        starts = []
+        replicate = r.replicator.replicate
+
+        def later(name, standbys, now=None):
+            starts.append(r.c.clock.seconds())
+            r.c.clock.advance(0.01)  # the round starts a moment after the tick
+            return replicate(name, standbys, now)
+        r.replicator.replicate = later
+        r.round(9)
+        # Nine 1 s ticks, a round every second tick (not every third).
+        self.assertEqual(len(starts), 5, starts)
+
+
+class EpochTieTests(SynchronousTestCase):
+    def test_floor_raises_the_takeover_epoch(self):
+        s = generate_snapshot_name(1000.0)
+        cluster = ClusterState([NodeState(N3, volumes=[VolumeState("db", N1, False, (s,), 1)])])
+        plan = plan_takeovers(placed(n3=[DB]), cluster, [N1, N2], {"db": 2})["db"]
+        self.assertEqual(plan.epoch, 3)
+
+    def test_down_claimant_loses_a_tie(self):
+        cluster = ClusterState([
+            NodeState(N2, volumes=[VolumeState("db", N2, True, (), 2)]),
+            NodeState(N3, volumes=[VolumeState("db", N3, True, (), 2)])])
+        self.assertEqual(cluster.owner_of("db"), N2)
+        self.assertEqual(cluster.owner_of("db", [N2]), N3)
+        # Even with a higher epoch: a node declared down never wins.
+        cluster = cluster.with_node(NodeState(N2, volumes=[VolumeState("db", N2, True, (), 9)]))
+        self.assertEqual(cluster.owner_of("db", [N2]), N3)

@@ -141,3 +141,57 @@ class DeadNodeTests(InMemoryNodes, SynchronousTestCase):
         return Deferred.fromCoroutine(deploy_lib.deploy(
             self.net, self.client, deployment, PORT, lambda n, e: None,
             down={A: A}, on_takeover=self.reports.extend))
+
+
+class ApplyDuringAntiEntropyTests(InMemoryNodes, SynchronousTestCase):
+    ADDRESSES = (A, B, C)
+
+    def test_apply_arriving_during_a_periodic_run_is_run_by_the_apply(self):
+        """A periodic convergence waiting on a silent peer when an apply
+        arrives leaves the new deployment to the apply's own run: its
+        progress reaches flocker-deploy, with the apply's handoff timeout."""
+        self.deploy({A: [], B: [], C: []})
+        self.net.stall(C)
+        periodic = self.nodes[B].convergence.converge_now()
+        done = []
+        periodic.addBoth(done.append)
+        self.net.wait(0.5)
+        self.assertEqual(done, [])  # still asking C, which does not answer
+        self.deploy({A: [], B: [DB]})
+        self.net.wait(10)
+        self.assertEqual(done, [None])
+        on_b = [e.get("action") for n, e in self.events if n == B]
+        self.assertIn("start", on_b)
+        self.assertEqual(self.units(B), ["db"])
+
+
+class SecondTakeOverTests(InMemoryNodes, SynchronousTestCase):
+    ADDRESSES = (A, B, C)
+
+    def test_the_node_that_took_over_dies_before_replicating(self):
+        """B takes over from A, then dies before replicating: declared down
+        too, C takes over with an epoch above B's (the others saw B claim
+        it), so when B returns it yields to C, never the other way."""
+        self.deploy({A: [DB], B: [], C: []}, standby=[("db", (B, C))])
+        replicator = self.nodes[A].replicator
+        replicator.startService()
+        self.addCleanup(replicator.stopService)
+        self.net.wait(2)
+        self.net.stall(A)
+        self.deploy({A: [], B: [DB], C: []}, down={A: A})
+        self.assertEqual(self.drive(self.nodes[B].pool.get(VolumeName("db"))).epoch, 2)
+        # C hears of B's claim (anti-entropy), then B dies unreplicated.
+        self.drive(self.nodes[C].convergence.converge_now())
+        self.net.stall(B)
+        self.deploy({A: [], B: [], C: [DB]}, down={A: A, B: B})
+        theirs = self.drive(self.nodes[C].pool.get(VolumeName("db")))
+        self.assertEqual((theirs.owner, theirs.epoch, theirs.read_only), (C, 3, False))
+        self.assertEqual(self.units(C), ["db"])
+        # B returns: it yields; C keeps the one writable copy.
+        self.net.heal(B)
+        self.drive(self.nodes[B].convergence.converge_now())
+        self.drive(self.nodes[C].convergence.converge_now())
+        self.assertEqual(self.units(B), [])
+        self.assertEqual(self.units(C), ["db"])
+        self.assertEqual(len(self.drive(self.nodes[B].pool.set_asides())), 1)
+        self.assertFalse(self.drive(self.nodes[C].pool.get(VolumeName("db"))).read_only)
