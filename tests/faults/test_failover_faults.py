@@ -63,6 +63,8 @@ import urllib.request
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from flocker_async.lab import Lab
+
+from . import take_turns
 from flocker_async.lab._lab import CONVERGENCE_INTERVAL
 from flocker_async.volume._common import snapshot_time
 from tests.acceptance.test_move import HTTP_APP
@@ -175,6 +177,7 @@ def shared_lab() -> Lab:
         if os.environ.get("FLOCKER_FAILOVER_FAULTS_LOGS"):
             # Registered after, so run before, the lab's removal.
             atexit.register(_keep_logs, lab, os.environ["FLOCKER_FAILOVER_FAULTS_LOGS"])
+        take_turns(__name__, lab, _LAB)
         lab.up(nodes=3)
         _LAB["lab"] = lab
         _LAB["states"] = StateClient(lab)

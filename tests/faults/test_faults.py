@@ -37,6 +37,8 @@ import urllib.request
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from flocker_async.lab import Lab
+
+from . import take_turns
 from tests.acceptance.test_move import HTTP_APP
 
 PREFIX = "flflt-"
@@ -86,6 +88,7 @@ def shared_lab() -> Lab:
         lab.down()  # what a crashed earlier run left
         if not os.environ.get("FLOCKER_FAULTS_KEEP_LAB"):  # kept for a post-mortem
             atexit.register(lab.down)
+        take_turns(__name__, lab, _LAB)
         lab.up(nodes=2)
         _LAB["lab"] = lab
         # Every write acknowledged in any test, and the bulk data's digest:
