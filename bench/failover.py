@@ -66,6 +66,8 @@ from _common import (  # noqa: E402
     print_table, require_root, say, write_json,
 )
 
+from flocker_async.lab import LabError  # noqa: E402
+
 PREFIX = "flbf-"
 DIRECTORY = "/var/lib/flocker-failover-bench-lab"
 BIN = os.path.dirname(sys.executable)
@@ -87,51 +89,17 @@ echo
 echo "ok $QUERY_STRING"
 """
 
-# One ``state`` per line of stdin (a node's address), one JSON line out.
-_STATE_CLIENT = """
-import json, sys
-from twisted.internet import defer, task, threads
-from twisted.conch.ssh import keys
-from flocker_async.ssh import SSHClient
-
-async def main(reactor, port, identity, known_hosts):
-    client = SSHClient(reactor, keys.Key.fromFile(identity), known_hosts,
-                       connect_timeout=5, idle_timeout=10)
-    while True:
-        line = await threads.deferToThread(sys.stdin.readline)
-        if not line:
-            return
-        try:
-            result = await client.run(line.strip(), int(port), ["state"]
-                                      ).addTimeout(15, reactor)
-            answer = {"state": json.loads(result.stdout.decode("utf-8"))}
-        except Exception as e:
-            answer = {"error": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(answer) + "\\n")
-        sys.stdout.flush()
-
-task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, *sys.argv[1:4])))
-"""
-
-
 class States:
-    """The nodes' ``state`` reports, through one long-lived child."""
+    """The nodes' ``state`` reports (``Lab.state``)."""
 
     def __init__(self, lab):
-        self.lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _STATE_CLIENT, str(lab.ssh_port), lab.identity,
-             lab.known_hosts], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, bufsize=1)
+        self.lab = lab
 
     def state(self, address):
-        with self.lock:
-            self.process.stdin.write(address + "\n")
-            self.process.stdin.flush()
-            answer = json.loads(self.process.stdout.readline() or '{"error": "gone"}')
-        if "error" in answer:
-            raise RuntimeError("%s: %s" % (address, answer["error"]))
-        return answer["state"]
+        try:
+            return self.lab.state(address)
+        except LabError as e:
+            raise RuntimeError(str(e))
 
     def replication(self, owner, app):
         """standby address -> status, as ``owner`` reports it."""
@@ -139,9 +107,7 @@ class States:
                 self.state(owner.address)["replication"].get(app, [])}
 
     def close(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        pass
 
 
 def wait_until(predicate, timeout, what, interval=0.3):

@@ -444,11 +444,15 @@ class Lab:
         return self._read_state().get("ssh_port", SSH_PORT)
 
     def node(self, name: str) -> LabNode:
-        """Node ``name`` (``n1``), or ``LabError`` saying which exist."""
+        """Node ``name`` (``n1``, or its address), or ``LabError`` saying
+        which exist."""
         if isinstance(name, LabNode):
             return name
-        parse_node_name(name)
         nodes = self.nodes
+        for node in nodes:
+            if node.address == name:
+                return node
+        parse_node_name(name)
         for node in nodes:
             if node.name == name:
                 return node
@@ -1044,6 +1048,29 @@ class Lab:
         full, env = self.exec_argv(node, argv)
         kwargs.setdefault("capture_output", True)
         return subprocess.run(full, env=env, check=check, timeout=timeout, **kwargs)
+
+    def state(self, node, timeout: float = 30) -> dict:
+        """
+        ``node``'s own ``state`` report (its flocker-node's SSH command, as
+        the operator), asked from inside its namespace with OpenSSH, so a
+        partitioned node answers too.  ``LabError`` if it does not.
+        """
+        node = self.node(node)
+        try:
+            result = self.exec(node, [
+                "ssh", "-p", str(self.ssh_port), "-i", self.identity,
+                "-o", "UserKnownHostsFile=" + self.known_hosts,
+                "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                "root@" + node.address, "state"], timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LabError("%s did not answer state within %d s" % (node.name, timeout))
+        if result.returncode != 0:
+            raise LabError("%s did not answer state: %s" % (
+                node.name, result.stderr.decode("utf-8", "replace").strip()))
+        try:
+            return json.loads(result.stdout)
+        except ValueError as e:
+            raise LabError("%s's state is not JSON: %s" % (node.name, e))
 
     def env(self) -> Dict[str, str]:
         """The environment that points flocker-deploy at this lab."""

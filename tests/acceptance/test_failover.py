@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import json
 import os
 import re
 import shutil
@@ -181,12 +180,7 @@ class FailoverTestCase(SynchronousTestCase):
 
     def node_state(self, node):
         """The node's own ``state`` report, asked over SSH as the operator."""
-        result = self.lab.exec(node, [os.path.join(BIN, "python"), "-c", _STATE_SCRIPT,
-                                      self.lab.node(node).address,
-                                      str(self.lab.ssh_port), self.lab.identity,
-                                      self.lab.known_hosts])
-        self.assertEqual(result.returncode, 0, result.stderr)
-        return json.loads(result.stdout)
+        return self.lab.state(node)
 
     def zfs(self, *argv):
         return subprocess.run(["zfs"] + list(argv), capture_output=True, text=True,
@@ -241,22 +235,6 @@ class FailoverTestCase(SynchronousTestCase):
             if time.monotonic() > deadline:
                 self.fail("%s: not within %d s" % (what, timeout))
             time.sleep(0.5)
-
-
-# The operator's ``state`` call, run inside a node's namespace (the host has
-# no route to a powered-off node's peers, but every node reaches itself).
-_STATE_SCRIPT = """
-import sys, json
-from twisted.internet import task, defer
-from twisted.conch.ssh import keys
-from flocker_async.ssh import SSHClient
-address, port, identity, known_hosts = sys.argv[1:5]
-async def main(reactor):
-    client = SSHClient(reactor, keys.Key.fromFile(identity), known_hosts)
-    result = await client.run(address, int(port), ["state"])
-    sys.stdout.write(result.stdout.decode())
-task.react(lambda r: defer.Deferred.fromCoroutine(main(r)))
-"""
 
 
 def _clock(line: str) -> float:

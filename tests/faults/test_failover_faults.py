@@ -62,7 +62,7 @@ import urllib.request
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from flocker_async.lab import Lab
+from flocker_async.lab import Lab, LabError
 
 from . import take_turns
 from flocker_async.lab._lab import CONVERGENCE_INTERVAL
@@ -106,62 +106,21 @@ def deployment(placement, standby=()):
     return "\n".join(lines) + "\n"
 
 
-# The operator's ``state`` call, for many calls without a process each: one
-# line with a node's address in, one JSON line out ({"state": ...} or
-# {"error": ...}).
-_STATE_CLIENT = """
-import json, sys
-from twisted.internet import defer, task, threads
-from twisted.conch.ssh import keys
-from flocker_async.ssh import SSHClient
-
-async def main(reactor, port, identity, known_hosts):
-    client = SSHClient(reactor, keys.Key.fromFile(identity), known_hosts,
-                       connect_timeout=5, idle_timeout=10)
-    while True:
-        line = await threads.deferToThread(sys.stdin.readline)
-        if not line:
-            return
-        try:
-            result = await client.run(line.strip(), int(port), ["state"]
-                                      ).addTimeout(15, reactor)
-            answer = {"state": json.loads(result.stdout.decode("utf-8"))}
-        except Exception as e:
-            answer = {"error": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(answer) + "\\n")
-        sys.stdout.flush()
-
-task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, *sys.argv[1:4])))
-"""
-
-
 class StateClient:
-    """Asks nodes for their ``state`` through one long-lived child."""
+    """The nodes' ``state`` reports by address (``Lab.state``)."""
 
     def __init__(self, lab: Lab):
-        self.lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _STATE_CLIENT, str(lab.ssh_port), lab.identity,
-             lab.known_hosts],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.lab = lab
 
     def state(self, address: str) -> dict:
         """The node's state report; ``RuntimeError`` if it did not answer."""
-        with self.lock:
-            self.process.stdin.write(address + "\n")
-            self.process.stdin.flush()
-            line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("the state client died")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError("%s did not answer state: %s" % (address, answer["error"]))
-        return answer["state"]
+        try:
+            return self.lab.state(address)
+        except LabError as e:
+            raise RuntimeError(str(e))
 
     def close(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        pass
 
 
 _LAB: dict = {}

@@ -586,15 +586,13 @@ class LinkAndProcessHelperTests(SynchronousTestCase):
         """A parent that would react to its child's death (here: print and
         start another) never gets the chance: all are stopped, then killed."""
         process = subprocess.Popen(
-            ["sh", "-c", "sleep 60 & wait; echo reacted; sleep 60"],
+            ["sh", "-c", "sleep 60 & echo $!; wait; echo reacted; sleep 60"],
             stdout=subprocess.PIPE)
         self.addCleanup(process.wait)
         self.addCleanup(process.kill)
-        deadline = time.monotonic() + 10
-        while not _system.descendants([process.pid]):
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.01)
-        [child] = _system.descendants([process.pid])
+        # The shell names its child once it has started it: no polling.
+        child = int(process.stdout.readline())
+        self.assertEqual(_system.descendants([process.pid]), {child})
         self.assertEqual(_system.command_name(child), "sleep")
         killed = _system.kill_at_once(
             lambda: {process.pid} | _system.descendants([process.pid]))
