@@ -196,12 +196,14 @@ def _acquired_elsewhere(hostname, name, local: NodeState, cluster: ClusterState,
     return owner if owner != hostname else None
 
 
-def move_out(app: Application, to: str, ports, running: bool) -> List:
+def move_out(app: Application, to: str, ports, running: bool,
+             epoch: Optional[int] = None) -> List:
     """
     The source's side of a move, step by step: the bulk push while the
     application runs, hold, stop, the final push (undone if it fails: the
     copy is still the only live one, so the application serves here again),
-    the handover, and proxying to the target.
+    the handover (raising the ownership epoch to ``epoch``, or one more
+    than the copy's when it runs), and proxying to the target.
     """
     name = app.name
     steps: List = [PushVolume(name, to)]
@@ -215,7 +217,7 @@ def move_out(app: Application, to: str, ports, running: bool) -> List:
     if ports:
         undo.append(SetRoute(name, ports, LOCAL if running else HELD))
     steps.append(UndoOnFailure(FinalPush(name, to), sequentially(undo), name, to))
-    steps.append(HandOver(name, to))
+    steps.append(HandOver(name, to, epoch))
     if ports:
         steps.append(SetRoute(name, ports, proxy_to(to)))
     return steps
@@ -250,8 +252,9 @@ def _converge_elsewhere(hostname, target, app, local: NodeState,
             steps = []
             if running is not None and not is_running:
                 steps.append(StopApplication(name))  # a crashed container
+            ours = local.volume(name)
             steps += move_out(container_application(app, hostname), target, ports,
-                              is_running)
+                              is_running, ours.epoch + 1 if ours is not None else None)
             # Not serving here yet: hold, not proxy, since the target forwards
             # to us until it acquires the volume (a proxy both ways would loop).
             return steps, ((LOCAL if is_running else HELD) if ports else None)

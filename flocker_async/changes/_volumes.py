@@ -64,7 +64,10 @@ async def _push(deployer, context, name: str, to: str, phase: str,
     volume = VolumeName(name)
     pool, peers = deployer.pool, deployer.peers
     ours_now = await pool.get(volume)
-    theirs = await peers.snapshots(to, name, ours_now.epoch)
+    # A move's final increment goes to the copy its bulk push just made:
+    # no stale copy there to wait for, no extra zfs command on the way.
+    theirs = await peers.snapshots(to, name,
+                                   None if phase == "final-push" else ours_now.epoch)
     if new_snapshot:
         snapshot = await pool.snapshot(volume)
     ours = [s.name for s in await pool.snapshots(volume)]

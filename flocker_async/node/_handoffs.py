@@ -13,12 +13,15 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
 
 from .._async import deferred, sleep
 from ..changes import ChangeFailed
 from ..volume import VolumeName, VolumeNotFound
 
 __all__ = ["Handoffs"]
+
+log = Logger()
 
 _Waiter = Tuple[Deferred, IDelayedCall, float]
 
@@ -146,8 +149,14 @@ class Handoffs:
             return failure
 
         def received(snapshot):
+            # Only what the replica does not record yet: on a move's final
+            # increment, nothing (the bulk push recorded it), so the
+            # handover waits on no extra zfs command.
+            if owner is not None and current is not None and (
+                    current.owner, current.epoch) == (owner, epoch):
+                return self._trimmed_later(volume, snapshot)
             return self._after_receive(volume, owner, epoch).addCallback(
-                lambda _: snapshot)
+                lambda _: self._trimmed_later(volume, snapshot))
         stream.done.addCallbacks(received, failed)
         return _ActivityReceiver(stream, lambda: self.note_activity(name))
 
@@ -179,9 +188,21 @@ class Handoffs:
                              epoch: Optional[int]) -> None:
         if owner is not None:
             await self.pool.set_owner(volume, owner, epoch or None)
-        # A replica keeps its newest few snapshots: the owner's next
-        # increment starts from the newest, which it keeps too.
-        await self.pool.trim_snapshots(volume, REPLICA_SNAPSHOTS)
+
+    def _trimmed_later(self, volume: VolumeName, snapshot):
+        """
+        A replica keeps its newest few snapshots (the owner's next
+        increment starts from the newest, which it keeps too).  Trimmed
+        after the receive is reported, off the handover's path; a trim
+        that fails is logged and tried again after the next receive.
+        """
+        def trim():
+            d = self.pool.trim_snapshots(volume, REPLICA_SNAPSHOTS)
+            d.addErrback(lambda failure: log.failure(
+                "trimming the snapshots of {volume} failed", failure,
+                volume=str(volume)))
+        self.clock.callLater(0, trim)
+        return snapshot
 
 
 class _ActivityReceiver:

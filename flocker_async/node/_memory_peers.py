@@ -56,7 +56,8 @@ class MemoryPeers:
     async def snapshots(self, node, volume, epoch=None):
         peer = self._peer(node)
         peer.handoffs.note_activity(volume)
-        if await peer.handoffs.settled_copy(VolumeName(volume), epoch) is None:
+        if epoch is not None and await peer.handoffs.settled_copy(
+                VolumeName(volume), epoch) is None:
             return []
         try:
             snapshots = await peer.pool.snapshots(VolumeName(volume))

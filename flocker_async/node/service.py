@@ -580,7 +580,8 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             convergence.heard_from(session)
         # A peer asking as a newer owner sees our copy once we have set a
         # stale one aside.
-        if await deployer.handoffs.settled_copy(VolumeName(name), epoch) is not None:
+        if epoch is None or await deployer.handoffs.settled_copy(
+                VolumeName(name), epoch) is not None:
             try:
                 found = await deployer.pool.snapshots(VolumeName(name))
             except VolumeNotFound:

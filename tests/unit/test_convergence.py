@@ -156,7 +156,7 @@ class CalculateChangesTests(SynchronousTestCase):
         """The source's plan shows every step of the move, in order, with
         the undo of the final push."""
         state = NodeState(N1, [ApplicationState("web", True, fixed_digest(WEB))],
-                          [VolumeState("web", N1, True)])
+                          [VolumeState("web", N1, True, epoch=3)])
         steps = flatten(calculate_changes(
             N1, deployment(n1=[], n2=[WEB]), ClusterState([state, NodeState(N2)]),
             fixed_digest))
@@ -170,13 +170,13 @@ class CalculateChangesTests(SynchronousTestCase):
                 Sequentially([MakeWritable("web"), StartApplication(WEB),
                               WaitForPort(WEB), SetRoute("web", (8080,), LOCAL)]),
                 "web", N2),
-            HandOver("web", N2),
+            HandOver("web", N2, 4),
             SetRoute("web", (8080,), proxy_to(N2))])
         self.assertEqual(
             [step.summary for step in steps[1:4] + steps[5:]],
             ["push volume web to %s (bulk copy, while it runs)" % (N2,),
              "route web held", "stop web",
-             "hand volume web over to %s" % (N2,),
+             "hand volume web over to %s (epoch 4)" % (N2,),
              "route web proxy to %s" % (N2,)])
         self.assertIn("if that fails, undo: make volume web writable", steps[4].summary)
 

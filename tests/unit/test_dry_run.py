@@ -36,7 +36,7 @@ class DryRunTests(SynchronousTestCase):
             "make volume web read-only and push the final increment to %s" % (N2,),
             "  if that fails, undo: make volume web writable; start web; "
             "wait for web to listen; route web local",
-            "hand volume web over to %s" % (N2,),
+            "hand volume web over to %s (epoch 1)" % (N2,),
             "route web proxy to %s" % (N2,),
         ])
         self.assertEqual(_steps(plans[N2]), [

@@ -109,7 +109,7 @@ class CommandErrorTests(SynchronousTestCase):
     def test_snapshots_cancelled_by_client(self):
         clock, deployer, convergence, commands = make_node(self)
         blocked = Deferred()
-        deployer.pool.get = lambda name: blocked
+        deployer.pool.snapshots = lambda name: blocked
         running = commands["snapshots"].run(OPERATOR, ["web"], FakeSession(OPERATOR))
         running.cancel()
         self.failureResultOf(running, CancelledError)
