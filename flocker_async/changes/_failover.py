@@ -124,8 +124,10 @@ class TakeOver:
     def summary(self) -> str:
         return "take volume %s over (epoch %d)" % (self.name, self.epoch)
 
-    @deferred
-    async def run(self, deployer, context):
+    def run(self, deployer, context):
+        return deployer.handoffs.locked(self.name, self._run, deployer, context)
+
+    async def _run(self, deployer, context):
         volume = VolumeName(self.name)
         await deployer.pool.set_owner(volume, deployer.hostname, self.epoch)
         await deployer.pool.set_read_only(volume, False)
@@ -173,8 +175,10 @@ class YieldVolume:
         return "set this node's copy of volume %s aside (it lost ownership%s)" % (
             self.name, " to %s" % (self.owner,) if self.owner else "")
 
-    @deferred
-    async def run(self, deployer, context):
+    def run(self, deployer, context):
+        return deployer.handoffs.locked(self.name, self._run, deployer, context)
+
+    async def _run(self, deployer, context):
         volume = VolumeName(self.name)
         await deployer.pool.set_read_only(volume, True)
         label = _label(deployer.reactor.seconds())

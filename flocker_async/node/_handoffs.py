@@ -9,9 +9,9 @@ live with the node, not in one run of changes.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -30,6 +30,39 @@ REPLICA_SNAPSHOTS = 3
 # How long a push from a newer owner waits for this node to set aside its
 # own stale copy of the volume before it is refused.
 YIELD_WAIT = 60.0
+# How long a receive waits for bytes from its sender before it is cut: a
+# sender that crashed or was partitioned without a FIN would otherwise
+# leave zfs recv running, and every later push of the volume busy.
+RECEIVE_IDLE_TIMEOUT = 120.0
+# How long a peer command refused for naming the wrong owner waits for
+# this node to learn a deployment that declares the recorded owner down
+# (a take-over's push can reach us before its apply does).
+DOWN_WAIT = 10.0
+
+
+def ownership_refusal(hostname: str, current, caller: Optional[str],
+                      down: FrozenSet[str], what: str,
+                      owner: Optional[str] = None,
+                      epoch: Optional[int] = None) -> Optional[str]:
+    """
+    Why the peer ``caller`` may not ``what`` (acquire, or push an increment
+    into) this node's copy ``current`` of a volume, or None if it may:
+    only the owner the copy records may, or anyone when that owner is
+    declared down (a take-over from the freshest surviving copy), or a
+    pusher whose own copy names itself owner with a higher epoch (the
+    node that took over, replicating to a copy that still names the old
+    owner).  ``caller`` None is an in-process caller (no peer key).
+    """
+    if caller is None or current is None:
+        return None
+    recorded = current.owner
+    if recorded is None or recorded in (caller, hostname) or recorded in down:
+        return None
+    if owner == caller and epoch is not None and epoch > current.epoch:
+        return None
+    return ("refusing to let %s %s volume %s: this node's copy records %s as "
+            "its owner (epoch %d), and only the owner may" % (
+                caller, what, current.name, recorded, current.epoch))
 
 
 class Handoffs:
@@ -47,6 +80,65 @@ class Handoffs:
         self.routes = routes
         self.clock = clock
         self._waiting: Dict[str, List[_Waiter]] = {}
+        # The nodes this node's deployment declares down (``set_down``).
+        self.down: FrozenSet[str] = frozenset()
+        self._locks: Dict[str, Tuple[DeferredLock, List[int]]] = {}
+        self.receive_idle_timeout = RECEIVE_IDLE_TIMEOUT
+
+    def set_down(self, down: Iterable[str]) -> None:
+        """The nodes the deployment this node converges to declares down."""
+        self.down = frozenset(down)
+
+    @deferred
+    async def locked(self, name: str, f, *args, **kwargs):
+        """
+        Run ``f`` (returning a Deferred or a value) holding volume
+        ``name``'s lock: receiving into a volume, acquiring it, setting it
+        aside, taking it over and discarding a copy of it never interleave.
+        """
+        lock = await self._lock(name)
+        try:
+            return await maybeDeferred(f, *args, **kwargs)
+        finally:
+            self._unlock(name, lock)
+
+    async def _lock(self, name: str) -> DeferredLock:
+        lock, users = self._locks.setdefault(name, (DeferredLock(), [0]))
+        users[0] += 1
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._forget_lock(name, users)
+            raise
+        return lock
+
+    def _unlock(self, name: str, lock: DeferredLock) -> None:
+        lock.release()
+        self._forget_lock(name, self._locks[name][1])
+
+    def _forget_lock(self, name: str, users: List[int]) -> None:
+        users[0] -= 1
+        if users[0] == 0:
+            del self._locks[name]
+
+    async def _check_caller(self, volume: VolumeName, caller: Optional[str],
+                            what: str, owner: Optional[str] = None,
+                            epoch: Optional[int] = None):
+        """This node's copy of ``volume`` (None if none), once ``caller``
+        may ``what`` it (see ``ownership_refusal``), else ChangeFailed.
+        A refusal is kept up to ``DOWN_WAIT`` seconds, in case this node
+        is about to learn a deployment that declares the owner down."""
+        deadline = self.clock.seconds() + DOWN_WAIT
+        while True:
+            current = await self._current(volume)
+            why = ownership_refusal(self.hostname, current, caller, self.down,
+                                    what, owner, epoch)
+            if why is None:
+                return current
+            if self.clock.seconds() >= deadline:
+                log.warn("{why}", why=why)
+                raise ChangeFailed(why)
+            await sleep(self.clock, 0.2)
 
     def note_activity(self, name: str) -> None:
         """A peer is pushing or handing ``name`` over: keep waiting."""
@@ -96,13 +188,23 @@ class Handoffs:
                                % (source, name, failed_because))
 
     @deferred
-    async def acquire(self, name: str, context, epoch: Optional[int] = None) -> None:
+    async def acquire(self, name: str, context, epoch: Optional[int] = None,
+                      caller: Optional[str] = None) -> None:
         """Become the owner of a volume a peer has pushed here (its
         ``acquire``), with ownership ``epoch`` (else one more than our
-        copy's); idempotent."""
+        copy's); idempotent.  ``caller``: the peer asking, which must be
+        the owner our copy records (see ``ownership_refusal``)."""
         self.note_activity(name)
+        return await self.locked(name, self._acquire, name, context, epoch, caller)
+
+    async def _acquire(self, name: str, context, epoch: Optional[int],
+                       caller: Optional[str]) -> None:
         volume = VolumeName(name)
-        current = await self.pool.get(volume)
+        if await self._current(volume) is None:
+            raise VolumeNotFound(volume)
+        current = await self._check_caller(volume, caller, "acquire")
+        if current is None:
+            raise VolumeNotFound(volume)
         if current.owned_by(self.hostname) and not current.read_only:
             return
         if epoch is None:
@@ -120,27 +222,40 @@ class Handoffs:
 
     @deferred
     async def receiver(self, name: str, replace: bool, context,
-                       owner: Optional[str] = None, epoch: Optional[int] = None):
+                       owner: Optional[str] = None, epoch: Optional[int] = None,
+                       caller: Optional[str] = None):
         """
         An ``IReceiveStream`` for a peer's push of ``name`` that counts as
-        handoff activity.  ``replace`` discards an unrelated old replica
-        first (never the live copy).  ``owner``/``epoch``: what the
-        sender's copy records; a push from a copy with a lower epoch than
-        ours is refused (the sender is no longer the owner), and once
-        received the replica records them.
+        handoff activity, holding the volume's lock until it ends, and cut
+        after ``receive_idle_timeout`` seconds without a byte.  ``replace``
+        receives a full stream that replaces an unrelated old replica once
+        it has arrived whole (never the live copy).  ``owner``/``epoch``:
+        what the sender's copy records; a push from a copy with a lower
+        epoch than ours is refused (the sender is no longer the owner), and
+        once received the replica records them.  ``caller``: the peer
+        pushing; an increment is accepted only from the owner our copy
+        records (see ``ownership_refusal``).
         """
         volume = VolumeName(name)
         self.note_activity(name)
-        current = await self.settled_copy(volume, epoch)
-        if current is not None and epoch is not None and epoch < current.epoch:
-            raise ChangeFailed(
-                "refusing a push of volume %s from a copy with epoch %d: this "
-                "node's copy has epoch %d (owner %s); the sender no longer "
-                "owns it" % (name, epoch, current.epoch, current.owner))
-        if replace and current is not None and not current.owned_by(self.hostname):
-            context.emit("discard-replica", name)
-            await self.pool.discard_replica(volume)
-        stream = self.pool.receive(volume)
+        await self.settled_copy(volume, epoch)
+        lock = await self._lock(name)
+        try:
+            current = await self._current(volume)
+            if current is not None and epoch is not None and epoch < current.epoch:
+                raise ChangeFailed(
+                    "refusing a push of volume %s from a copy with epoch %d: "
+                    "this node's copy has epoch %d (owner %s); the sender no "
+                    "longer owns it" % (name, epoch, current.epoch, current.owner))
+            if not replace:
+                current = await self._check_caller(
+                    volume, caller, "push an increment into", owner, epoch)
+            elif current is not None:
+                context.emit("replace-replica", name)
+            stream = self.pool.receive(volume, replace=replace)
+        except BaseException:
+            self._unlock(name, lock)
+            raise
 
         def failed(failure):
             # Whoever waits for this volume's handoff learns now, with the
@@ -158,7 +273,13 @@ class Handoffs:
             return self._after_receive(volume, owner, epoch).addCallback(
                 lambda _: self._trimmed_later(volume, snapshot))
         stream.done.addCallbacks(received, failed)
-        return _ActivityReceiver(stream, lambda: self.note_activity(name))
+        def unlock(result):
+            # Released once the replica records its owner, whatever happened.
+            self._unlock(name, lock)
+            return result
+        stream.done.addBoth(unlock)
+        return _ActivityReceiver(stream, lambda: self.note_activity(name),
+                                 self.clock, self.receive_idle_timeout)
 
     async def _current(self, volume: VolumeName):
         try:
@@ -206,14 +327,29 @@ class Handoffs:
 
 
 class _ActivityReceiver:
-    """An ``IReceiveStream`` that notes each 8 MiB written as activity."""
+    """An ``IReceiveStream`` that notes each 8 MiB written as activity,
+    and is cut when nothing is written for ``idle_timeout`` seconds."""
 
-    def __init__(self, receiver, touch):
+    def __init__(self, receiver, touch, clock, idle_timeout: float):
         self._receiver = receiver
         self._touch = touch
         self._last = 0
+        self._idle_timeout = idle_timeout
+        self._idle = clock.callLater(idle_timeout, self._silent)
+        receiver.done.addBoth(self._ended)
+
+    def _silent(self):
+        self._receiver.abort("nothing arrived from the sender for %d s"
+                             % (self._idle_timeout,))
+
+    def _ended(self, result):
+        if self._idle.active():
+            self._idle.cancel()
+        return result
 
     def write(self, data):
+        if self._idle.active():
+            self._idle.reset(self._idle_timeout)
         self._receiver.write(data)
         if self._receiver.bytes_received - self._last > (8 << 20):
             self._last = self._receiver.bytes_received

@@ -71,7 +71,8 @@ class MemoryPeers:
         peer = self._peer(node)
         context = self._context(node)
         receiver = await peer.handoffs.receiver(volume, replace, context,
-                                                owner=owner, epoch=epoch)
+                                                owner=owner, epoch=epoch,
+                                                caller=self.caller)
         stream = start_send(receiver)
         try:
             sent = await stream.done
@@ -91,7 +92,7 @@ class MemoryPeers:
     def acquire(self, node, volume, epoch=None):
         return defer.maybeDeferred(
             lambda: self._peer(node).handoffs.acquire(volume, self._context(node),
-                                                      epoch))
+                                                      epoch, caller=self.caller))
 
     def sync(self, node, generation):
         """What ``node``'s ``sync`` command answers (its answering callable

@@ -205,18 +205,24 @@ class NodeConvergence(Service):
     def _adopt(self, request, data: bytes):
         self.request = request
         self.request_bytes = data
-        from twisted.conch.ssh import keys
-        from ..ssh import fingerprint
         peers = [p for p in request.peers if p.address != self.deployer.hostname]
-        peer_keys = [keys.Key.fromString(p.node_key.encode()) for p in peers]
-        self.authorizer.set_keys(PEER, peer_keys)
-        self._peer_fingerprints = {fingerprint(k): p.address
-                                   for k, p in zip(peer_keys, peers)}
+        self.set_peer_keys(peers)
+        self.deployer.handoffs.set_down(request.down)
         self.known_owners.learn(request.cluster.nodes)
         lines = "".join("[%s]:%d %s\n" % (p.address, p.ssh_port, p.host_key)
                         for p in peers)
         write_atomically(self.known_hosts_path, lines.encode("ascii"))
         self.peers.set_peers(peers)
+
+    def set_peer_keys(self, peers) -> None:
+        """Let exactly these peers' node keys run peer commands, each
+        known as its node's address."""
+        from twisted.conch.ssh import keys
+        from ..ssh import fingerprint
+        peer_keys = [keys.Key.fromString(p.node_key.encode()) for p in peers]
+        self.authorizer.set_keys(PEER, peer_keys)
+        self._peer_fingerprints = {fingerprint(k): p.address
+                                   for k, p in zip(peer_keys, peers)}
 
     def context(self, handoff_timeout: Optional[float] = None) -> RunContext:
         """A run context whose events go to this node's ``events``."""
@@ -311,9 +317,22 @@ class NodeConvergence(Service):
 
     def heard_from(self, session) -> None:
         """Note a peer command's caller as heard from now."""
-        address = self._peer_fingerprints.get(getattr(session, "key_fingerprint", ""))
+        address = self.peer_address(session)
         if address is not None:
             self.heard[address] = self.reactor.seconds()
+
+    def peer_address(self, session) -> Optional[str]:
+        """The node whose key runs this peer command, None if no peer the
+        deployment names has that key."""
+        return self._peer_fingerprints.get(getattr(session, "key_fingerprint", ""))
+
+    def calling_node(self, session) -> str:
+        """The node running this peer command (CommandError if none)."""
+        address = self.peer_address(session)
+        if address is None:
+            raise CommandError("this key belongs to no node of this node's "
+                               "deployment", 1)
+        return address
 
     @deferred
     async def answer_sync(self, theirs: int):
@@ -591,6 +610,7 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
 
     def receive(role, args, session):
         replace, owner, epoch, name = _receive_arguments(args)
+        caller = convergence.calling_node(session)
         convergence.heard_from(session)
         receiver = None
         gone = []
@@ -599,7 +619,8 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             nonlocal receiver
             try:
                 receiver = await deployer.handoffs.receiver(
-                    name, replace, convergence.context(), owner=owner, epoch=epoch)
+                    name, replace, convergence.context(), owner=owner, epoch=epoch,
+                    caller=caller)
             except ChangeFailed as e:
                 raise CommandError(str(e), 1)
             if gone:
@@ -632,7 +653,9 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         command = Deferred(cancel)
 
         def ended(result):
-            if not command.called:
+            # Once the sender went away the command ends cancelled, even
+            # when the receive it cut ends first (inside the cancel).
+            if not command.called and not gone:
                 command.callback(result)
             elif isinstance(result, Failure):
                 # Nobody waits for the command any more; the outcome is
@@ -649,9 +672,11 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             epoch = _positive_int(args[1], "usage: acquire VOLUME [EPOCH]")
             args = args[:1]
         name = _volume_argument(args)
+        caller = convergence.calling_node(session)
         convergence.heard_from(session)
         try:
-            await deployer.handoffs.acquire(name, convergence.context(), epoch)
+            await deployer.handoffs.acquire(name, convergence.context(), epoch,
+                                            caller=caller)
         except VolumeNotFound:
             raise CommandError("this node holds no copy of volume %s to acquire"
                                % (name,), 1)
@@ -667,7 +692,8 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             raise CommandError(usage, 2)
         name = _volume_argument(args[:1])
         try:
-            await deployer.pool.discard_set_aside(VolumeName(name), args[1])
+            await deployer.handoffs.locked(
+                name, deployer.pool.discard_set_aside, VolumeName(name), args[1])
         except VolumeError as e:
             raise CommandError(str(e), 1)
         log.info("operator key {key} discarded the set-aside copy {label} of "
@@ -690,12 +716,14 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         "version": Command({OPERATOR, PEER}, version, "print the version"),
         "state": Command({OPERATOR}, _coroutine(state), "this node's state as JSON"),
         "apply": Command({OPERATOR}, _coroutine(apply),
-                         "converge to the request on stdin, streaming progress"),
+                         "converge to the request on stdin, streaming progress",
+                         large_input=True),
         "lease": Command({OPERATOR}, lease,
                          "hold this node for DEPLOY_ID while the channel is open"),
         "snapshots": Command({OPERATOR, PEER}, _coroutine(snapshots),
                              "the snapshots this node holds of VOLUME"),
-        "receive": Command({PEER}, receive, "receive a send stream into VOLUME"),
+        "receive": Command({PEER}, receive, "receive a send stream into VOLUME",
+                           large_input=True),
         "acquire": Command({PEER}, _coroutine(acquire), "become the owner of VOLUME"),
         "discard-set-aside": Command(
             {OPERATOR}, _coroutine(discard_set_aside),

@@ -402,14 +402,17 @@ class IStoragePool(Interface):
         snapshot, no process) fails its ``done`` with ``SendFailed``.
         """
 
-    def receive(name):
+    def receive(name, replace=False):
         """
         Return an ``IReceiveStream`` that receives a send stream into the
         volume ``name``: a full stream creates a new read-only replica; an
         incremental one extends an existing copy whose newest snapshot is
         its base and which was not modified since.  Never overwrites data
         the sender does not have, and never receives into a volume this
-        node owns.
+        node owns.  ``replace``: a full stream that replaces this node's
+        read-only replica of ``name`` (an unrelated older lineage), which
+        stays untouched until the whole stream was received; a writable
+        copy is never replaced.
 
         A stream carries data and snapshots, not owner or epoch: a new
         replica has owner ``None`` and epoch 0 (the receiver records them

@@ -468,18 +468,23 @@ class MemoryStoragePool:
                 {"snapshot": snapshot.name, "entries": len(changed)}).encode())
         return spooled
 
-    def receive(self, name: VolumeName):
+    def receive(self, name: VolumeName, replace: bool = False):
         self._meta_dir(name)
-        stream = _MemoryReceiveStream(self, name)
+        stream = _MemoryReceiveStream(self, name, replace)
         stream.start()
         return stream
 
-    def _receive_refusal(self, name: VolumeName) -> Optional[str]:
+    def _receive_refusal(self, name: VolumeName,
+                         replace: bool = False) -> Optional[str]:
         if self._exists(name):
-            if self._read_meta(name)["owner"] == self.node_id:
+            meta = self._read_meta(name)
+            if meta["owner"] == self.node_id:
                 return ("this node owns volume %r (its writable copy); a "
                         "volume is only ever received into a replica"
                         % (str(name),))
+            if replace and not meta["read_only"]:
+                return ("this node's copy of volume %r is writable; only a "
+                        "read-only replica is ever replaced" % (str(name),))
         return None
 
     def _state(self, name: VolumeName):
@@ -488,19 +493,21 @@ class MemoryStoragePool:
         names = self._read_meta(name)["snapshots"]
         return True, (Snapshot(name, names[-1]) if names else None)
 
-    def _apply_stream(self, name: VolumeName, spooled: str) -> Snapshot:
+    def _apply_stream(self, name: VolumeName, spooled: str,
+                      replace: bool = False) -> Snapshot:
         """Check a spooled stream against the volume and apply it, or raise
-        _StreamError leaving everything as it was."""
+        _StreamError leaving everything as it was.  ``replace``: a full
+        stream replaces a read-only replica, once it was checked whole."""
         staging = tempfile.mkdtemp(prefix="recv-", dir=self._spool)
         try:
-            return self._apply_into(name, spooled, staging)
+            return self._apply_into(name, spooled, staging, replace)
         except (tarfile.TarError, EOFError, ValueError, KeyError,
                 UnicodeDecodeError) as e:
             raise _StreamError("invalid stream (%s)" % (e,))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _apply_into(self, name, spooled, staging):
+    def _apply_into(self, name, spooled, staging, replace=False):
         tree = os.path.join(staging, "tree")
         with tarfile.open(spooled, mode="r|") as tar:
             members = iter(tar)
@@ -514,7 +521,7 @@ class MemoryStoragePool:
             base = header["base"]
             exists = self._exists(name)
             if base is None:
-                if exists:
+                if exists and not replace:
                     raise _StreamError(
                         "destination %r exists; a full stream only creates "
                         "a new volume" % (str(name),))
@@ -567,6 +574,12 @@ class MemoryStoragePool:
             if trailer is None or trailer.get("snapshot") != snapshot.name:
                 raise _StreamError("invalid stream (it ends too early)")
         # Checked and built: commit.
+        if base is None and exists:
+            refusal = self._receive_refusal(name, replace=True)
+            if refusal is not None:
+                raise _StreamError(refusal)
+            shutil.rmtree(self._meta_dir(name))
+            exists = False
         os.makedirs(os.path.dirname(self._snapshot_dir(snapshot)),
                     exist_ok=True)
         os.rename(tree, self._snapshot_dir(snapshot))
@@ -667,11 +680,13 @@ class _MemoryReceiveStream:
     ``receive``) does, and every failure from then on fails ``done``.
     """
 
-    def __init__(self, pool: MemoryStoragePool, name: VolumeName):
+    def __init__(self, pool: MemoryStoragePool, name: VolumeName,
+                 replace: bool = False):
         self.done: Deferred[Snapshot] = Deferred()
         self.bytes_received = 0
         self._pool = pool
         self._name = name
+        self._replace = replace
         self._producer = None
         self._ended = False
         self._file = None
@@ -682,7 +697,7 @@ class _MemoryReceiveStream:
             fd, self._spooled = tempfile.mkstemp(
                 prefix="recv-", dir=self._pool._spool)
             self._file = os.fdopen(fd, "wb")
-            refusal = self._pool._receive_refusal(self._name)
+            refusal = self._pool._receive_refusal(self._name, self._replace)
         except Exception as e:
             return self._fail("the receive could not be started: %s" % (e,))
         if refusal is not None:
@@ -715,7 +730,8 @@ class _MemoryReceiveStream:
             return
         try:
             self._file.close()
-            snapshot = self._pool._apply_stream(self._name, self._spooled)
+            snapshot = self._pool._apply_stream(self._name, self._spooled,
+                                                self._replace)
         except _StreamError as e:
             return self._fail(str(e))
         except Exception as e:

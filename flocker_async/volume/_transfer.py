@@ -15,15 +15,18 @@ __all__ = ["copy_snapshot"]
 @deferred
 async def copy_snapshot(source: IStoragePool, snapshot: Snapshot,
                         target: IStoragePool, base: Optional[Snapshot] = None,
-                        name: Optional[VolumeName] = None):
+                        name: Optional[VolumeName] = None,
+                        replace: bool = False):
     """
     Send ``snapshot`` (incremental from ``base`` if given) from ``source``
     straight into a receive on ``target`` (into ``name``, by default the
-    same volume name), with backpressure end to end.  Fires with the
+    same volume name; ``replace``: a full stream replacing a read-only replica
+    there), with backpressure end to end.  Fires with the
     target's newest ``Snapshot``, or fails with the receive's
     ``ReceiveFailed`` (which names the send failure that caused it, if any).
     """
-    receiver = target.receive(name or snapshot.volume)
+    receiver = (target.receive(name or snapshot.volume, replace=True) if replace
+                else target.receive(name or snapshot.volume))
     try:
         stream = source.send(snapshot, receiver, base)
     except Exception:

@@ -701,37 +701,66 @@ class ZFSStoragePool:
         stream.start(self._reactor, argv)
         return stream
 
-    def receive(self, name: VolumeName):
+    def receive(self, name: VolumeName, replace: bool = False):
         self._dataset(name)
-        stream = _ZFSReceiveStream(self, name)
+        stream = _ZFSReceiveStream(self, name, replace)
         stream.start()
         return stream
 
-    @deferred
-    async def _receive_check(self, name: VolumeName):
-        """
-        Refuse a volume owned here; fire with (whether a replica set up as
-        one exists, its newest snapshot or None).
-        """
-        try:
-            volume = await self.get(name)
-        except VolumeNotFound:
-            return False, None
+    def _replacing_dataset(self, name: VolumeName) -> str:
+        """Where a full stream replacing ``name``'s replica is received:
+        a sibling outside the volume namespace ('.' is no volume name)."""
+        return "%s/%s.replacing" % (self.root_dataset, name.value)
+
+    def _refuse_live_copy(self, name: VolumeName, volume) -> None:
         if volume.owned_by(self.node_id):
             raise _Refused(
                 "this node owns volume %r (its writable copy); a volume is "
                 "only ever received into a replica" % (str(name),))
+
+    @deferred
+    async def _receive_check(self, name: VolumeName, replace: bool = False):
+        """
+        Refuse a volume owned here; fire with (whether a replica set up as
+        one exists, its newest snapshot or None).  ``replace``: the stream
+        goes to the replacing dataset (any leftover of a cut replace is
+        destroyed first); the replica stays untouched until it arrived.
+        """
+        try:
+            volume = await self.get(name)
+        except VolumeNotFound:
+            volume = None
+        if replace:
+            if volume is not None:
+                self._refuse_live_copy(name, volume)
+                if not volume.read_only:
+                    raise _Refused(
+                        "this node's copy of volume %r is writable; only a "
+                        "read-only replica is ever replaced" % (str(name),))
+            leftover = self._replacing_dataset(name)
+            if await self._get_dataset(leftover) is not None:
+                _log.warn("discarding {dataset}: left by an interrupted "
+                          "replacing receive", dataset=leftover)
+                await self._destroy(leftover)
+            return False, None
+        if volume is None:
+            return False, None
+        self._refuse_live_copy(name, volume)
         snapshots = await self.snapshots(name)
-        if not snapshots:
+        if not snapshots and volume.owner is None:
             # Debris of a full receive that was cut (zfs-fuse leaves the new
-            # dataset behind when zfs recv is killed): no snapshot, so
-            # nothing was ever received into it and nobody's data is in it.
-            # Received into as it is, it would keep its default mountpoint
-            # and no read-only flag.
-            _log.warn("discarding {volume}: a copy with no snapshot, left "
-                      "by an interrupted receive", volume=str(name))
+            # dataset behind when zfs recv is killed): no snapshot and no
+            # owner recorded, so nothing was ever received into it and
+            # nobody's data is in it.  A copy naming an owner is never
+            # debris (a live volume of a renumbered node, say): zfs recv
+            # refuses the stream and the copy stays.
+            _log.warn("discarding {volume}: a copy with no snapshot and no "
+                      "owner, left by an interrupted receive",
+                      volume=str(name))
             await self._destroy(self._dataset(name))
             return False, None
+        if not snapshots:
+            return True, None
         # Receive into an unmounted replica and mount it again afterwards:
         # a mounted one would go on showing the kernel's cached pages of
         # the old contents, not what was received.
@@ -743,8 +772,25 @@ class ZFSStoragePool:
                 and volume.read_only), snapshots[-1]
 
     @deferred
-    async def _after_receive(self, name: VolumeName, existed: bool):
+    async def _after_receive(self, name: VolumeName, existed: bool,
+                             replace: bool = False):
         dataset = self._dataset(name)
+        if replace:
+            # The whole stream is here: only now does the old replica go.
+            try:
+                volume = await self.get(name)
+            except VolumeNotFound:
+                volume = None
+            if volume is not None:
+                if volume.owned_by(self.node_id) or not volume.read_only:
+                    raise VolumeError(
+                        "volume %r became this node's live copy during the "
+                        "receive; the received copy is left in %s" % (
+                            str(name), self._replacing_dataset(name)))
+                await self._destroy(dataset)
+                _log.info("replaced replica {volume} by a received copy",
+                          volume=str(name))
+            await self._zfs("rename", self._replacing_dataset(name), dataset)
         if not existed:
             # A new replica (or one not set up as one): read-only before it
             # is mounted again.
@@ -757,8 +803,19 @@ class ZFSStoragePool:
         return snapshots[-1]
 
     @deferred
-    async def _state_after_failure(self, name: VolumeName):
+    async def _state_after_failure(self, name: VolumeName,
+                                   replace: bool = False):
         """Fire with (exists, newest snapshot or None)."""
+        if replace:
+            # What a cut replacing receive left goes; the replica it was
+            # to replace is untouched.
+            leftover = self._replacing_dataset(name)
+            try:
+                if await self._get_dataset(leftover) is not None:
+                    await self._destroy(leftover)
+            except CommandFailed as e:
+                _log.warn("{dataset} could not be destroyed: {error}",
+                          dataset=leftover, error=str(e))
         try:
             snapshots = await self.snapshots(name)
         except VolumeNotFound:
@@ -998,11 +1055,13 @@ class _ZFSReceiveStream(ProcessProtocol):
     ``receive``) does, and every failure from then on fails ``done``.
     """
 
-    def __init__(self, pool: ZFSStoragePool, name: VolumeName):
+    def __init__(self, pool: ZFSStoragePool, name: VolumeName,
+                 replace: bool = False):
         self.done: Deferred[Snapshot] = Deferred()
         self.bytes_received = 0
         self._pool = pool
         self._name = name
+        self._replace = replace
         self._state = "checking"  # -> "running" -> "ended"
         self._pending: list = []
         self._producer = None
@@ -1019,7 +1078,7 @@ class _ZFSReceiveStream(ProcessProtocol):
 
     def start(self):
         """Check the volume, then start ``zfs recv``."""
-        d = maybeDeferred(self._pool._receive_check, self._name)
+        d = maybeDeferred(self._pool._receive_check, self._name, self._replace)
         d.addCallbacks(self._start, self._refused)
         d.addErrback(self._start_failed)
 
@@ -1097,7 +1156,9 @@ class _ZFSReceiveStream(ProcessProtocol):
             self._state = "ended"
             return self._fail(self._aborted)
         _spawn(self._pool._reactor, self,
-               ["zfs", "recv", "-u", self._pool._dataset(self._name)])
+               ["zfs", "recv", "-u",
+                self._pool._replacing_dataset(self._name) if self._replace
+                else self._pool._dataset(self._name)])
         self._state = "running"
         stdin = self.transport.pipes[0]
         _grow_pipe(stdin.fileno())
@@ -1172,7 +1233,7 @@ class _ZFSReceiveStream(ProcessProtocol):
         self._fail(detail, ran=True)
 
     def _set_up(self):
-        d = self._pool._after_receive(self._name, self._existed)
+        d = self._pool._after_receive(self._name, self._existed, self._replace)
         d.addCallbacks(self._received, self._post_receive_failed)
 
     def _received(self, snapshot):
@@ -1192,11 +1253,12 @@ class _ZFSReceiveStream(ProcessProtocol):
             return
         self._failing = True
         # Report what is really there now, not what we expected.
-        d = maybeDeferred(self._pool._state_after_failure, self._name)
+        d = maybeDeferred(self._pool._state_after_failure, self._name,
+                          self._replace)
 
         def report(state):
             exists, previous = state
-            if ran and previous is not None and (
+            if ran and not self._replace and previous is not None and (
                     previous != self._newest_before):
                 # The stream's snapshot is there: zfs recv failed after it
                 # committed the stream.  Seen with zfs-fuse, "I/O error"

@@ -26,6 +26,7 @@ from flocker_async.volume import (
     OWNER_PROPERTY,
     READ_ONLY_PROPERTY,
     SET_ASIDE_PROPERTY,
+    ReceiveFailed,
     VolumeName,
     ZFSStoragePool,
     copy_snapshot,
@@ -252,6 +253,27 @@ class ZFSStreamTests(TestCase):
         self.assertEqual(volume.mountpoint,
                          os.path.join(self.target.mount_root, "data"))
         self.assertEqual(_sha256(os.path.join(volume.mountpoint, "blob")), checksum)
+
+    @inlineCallbacks
+    def test_copy_naming_an_owner_is_never_debris(self):
+        """A copy with no snapshot that names an owner (a live volume of a
+        node since renumbered, which never moved) is not taken for the
+        debris of a cut receive: a peer's push is refused and the data
+        stays."""
+        path, snapshot, checksum = yield self.spooled_stream(1 << 20)
+        volume = yield self.target.create(self.name)
+        with open(os.path.join(volume.mountpoint, "precious"), "wb") as f:
+            f.write(b"the only copy")
+        yield self.target.set_owner(self.name, "10.9.9.9")
+        receiver = self.target.receive(self.name)
+        with open(path, "rb") as f:
+            receiver.write(f.read())
+        receiver.finish()
+        yield self.assertFailure(receiver.done, ReceiveFailed)
+        volume = yield self.target.get(self.name)
+        self.assertEqual(volume.owner, "10.9.9.9")
+        with open(os.path.join(volume.mountpoint, "precious"), "rb") as f:
+            self.assertEqual(f.read(), b"the only copy")
 
     @inlineCallbacks
     def test_receive_pauses_fast_producer(self):

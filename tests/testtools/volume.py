@@ -194,10 +194,13 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             self.write(pool, "gone.txt", b"to be deleted")
             return volume
 
-        @inlineCallbacks
         def stream_bytes(self, snapshot, base=None):
+            return self.stream_bytes_of(self.pool, snapshot, base)
+
+        @inlineCallbacks
+        def stream_bytes_of(self, pool, snapshot, base=None):
             consumer = CollectingConsumer()
-            stream = self.pool.send(snapshot, consumer, base)
+            stream = pool.send(snapshot, consumer, base)
             yield stream.done
             return consumer.data
 
@@ -951,6 +954,85 @@ def make_istoragepool_tests(fixture: StoragePoolFixture):
             s2 = yield self.pool.snapshot(self.name)
             received = yield copy_snapshot(self.pool, s2, target)
             self.assertEqual(received.name, s2.name)
+
+        @inlineCallbacks
+        def replica_of_another_lineage(self):
+            """A replica (owned by node-a) on another pool, and a snapshot
+            of a new lineage of the volume here that shares nothing with
+            it: what a push with ``replace`` sends."""
+            yield self.volume_with_data()
+            s1 = yield self.pool.snapshot(self.name, "old-1")
+            target = self.other_pool()
+            yield copy_snapshot(self.pool, s1, target)
+            yield target.set_owner(self.name, "node-a", 3)
+            other = self.other_pool("node-c")
+            yield other.create(self.name)
+            self.write(other, "new.txt", b"the new lineage")
+            new = yield other.snapshot(self.name, "new-1")
+            return target, other, new
+
+        @inlineCallbacks
+        def test_replace_replica(self):
+            """A full stream with ``replace`` takes a read-only replica's
+            place once received: the new contents, read-only, no old
+            snapshot."""
+            target, other, new = yield self.replica_of_another_lineage()
+            received = yield copy_snapshot(other, new, target, replace=True)
+            self.assertEqual(received, new)
+            volume = yield target.get(self.name)
+            self.assertTrue(volume.read_only)
+            self.assertEqual(read_tree(volume.mountpoint),
+                             {"new.txt": b"the new lineage"})
+            self.assertEqual([s.name for s in (yield target.snapshots(self.name))],
+                             ["new-1"])
+            self.assertEqual([v.name for v in (yield target.enumerate())],
+                             [self.name])
+
+        @inlineCallbacks
+        def test_replace_with_junk_keeps_the_replica(self):
+            """A replacing receive of five junk bytes fails and the replica
+            it was to replace is left exactly as it was."""
+            target, other, new = yield self.replica_of_another_lineage()
+            before = yield self.contents(target)
+            receiver = target.receive(self.name, replace=True)
+            receiver.write(b"junk!")
+            receiver.finish()
+            yield self.assertFailure(receiver.done, ReceiveFailed)
+            self.assertEqual((yield self.contents(target)), before)
+            volume = yield target.get(self.name)
+            self.assertEqual((volume.owner, volume.epoch, volume.read_only),
+                             ("node-a", 3, True))
+            self.assertEqual([v.name for v in (yield target.enumerate())],
+                             [self.name])
+            # And the next replacing receive still works.
+            received = yield copy_snapshot(other, new, target, replace=True)
+            self.assertEqual(received, new)
+
+        @inlineCallbacks
+        def test_replace_cut_stream_keeps_the_replica(self):
+            """A replacing receive cut half way keeps the replica."""
+            target, other, new = yield self.replica_of_another_lineage()
+            before = yield self.contents(target)
+            data = yield self.stream_bytes_of(other, new)
+            receiver = target.receive(self.name, replace=True)
+            receiver.write(data[:len(data) // 2])
+            receiver.abort("the sender went away")
+            yield self.assertFailure(receiver.done, ReceiveFailed)
+            self.assertEqual((yield self.contents(target)), before)
+
+        @inlineCallbacks
+        def test_replace_never_replaces_a_writable_copy(self):
+            """The live copy, or any writable one, is never replaced."""
+            target, other, new = yield self.replica_of_another_lineage()
+            yield target.set_read_only(self.name, False)
+            before = yield self.contents(target)
+            yield self.assertFailure(
+                copy_snapshot(other, new, target, replace=True), ReceiveFailed)
+            self.assertEqual((yield self.contents(target)), before)
+            yield target.set_owner(self.name, "node-b")
+            yield self.assertFailure(
+                copy_snapshot(other, new, target, replace=True), ReceiveFailed)
+            self.assertEqual((yield self.contents(target)), before)
 
         @inlineCallbacks
         def test_discard_live_copy_refused(self):

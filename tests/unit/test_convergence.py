@@ -550,8 +550,8 @@ class InvariantTests(SynchronousTestCase):
         original = pool.receive
         streams = []
 
-        def failing(name):
-            stream = original(name)
+        def failing(name, **kwargs):
+            stream = original(name, **kwargs)
             streams.append(stream)
             if len(streams) <= after:
                 return stream

@@ -102,8 +102,8 @@ class ReplicationTests(SynchronousTestCase):
         pool = c.node(N2).pool
         original = pool.receive
 
-        def failing(name):
-            stream = original(name)
+        def failing(name, **kwargs):
+            stream = original(name, **kwargs)
             write = stream.write
 
             def write_then_fail(data):

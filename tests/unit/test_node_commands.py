@@ -18,20 +18,26 @@ from flocker_async.node._memory_peers import MemoryPeers
 from flocker_async.node._persist import DesiredStateStore
 from flocker_async.node.service import NodeConvergence, _command_error, node_commands
 from flocker_async.route import MemoryNetwork
-from flocker_async.ssh import OPERATOR, PEER, CommandError, KeyAuthorizer, NodeKeys, generate_key
+from flocker_async.ssh import (
+    OPERATOR, PEER, CommandError, KeyAuthorizer, NodeKeys, fingerprint, generate_key,
+    public_key_line)
 from flocker_async.volume import MemoryStoragePool, VolumeName
+from flocker_async.wire import Peer
 
 from twisted.python.failure import Failure
 
 N1 = "10.1.0.1"
+# A peer of N1's deployment, and its node key.
+N2 = "10.1.0.2"
+N2_KEY = generate_key()
 
 
 class FakeSession:
     """What a command sees of its SSH channel; stdin is fed by the test."""
 
-    def __init__(self, role=PEER):
+    def __init__(self, role=PEER, key=N2_KEY):
         self.role = role
-        self.key_fingerprint = "SHA256:test"
+        self.key_fingerprint = fingerprint(key)
         self.peer = None
         self.stdout = []
         self.stdin_done = Deferred()
@@ -41,8 +47,26 @@ class FakeSession:
         self.stdout.append(data)
 
     def stream_stdin(self, consumer):
+        # As the channel's inbound stream: the consumer may stop it, which
+        # ends the stream with a failure.
         self.consumer = consumer
+        consumer.registerProducer(_StdinProducer(self.stdin_done), True)
         return self.stdin_done
+
+
+class _StdinProducer:
+    def __init__(self, done):
+        self.done = done
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        if not self.done.called:
+            self.done.errback(ConnectionError("the consumer stopped reading"))
 
 
 def make_node(testcase):
@@ -57,6 +81,8 @@ def make_node(testcase):
     convergence = NodeConvergence(deployer, DesiredStateStore(os.path.join(root, "state")),
                                   clock, 3600, KeyAuthorizer({}), deployer.peers,
                                   known_hosts)
+    convergence.set_peer_keys([Peer(N2, 4522, public_key_line(N2_KEY),
+                                    public_key_line(generate_key()))])
     keys = NodeKeys(host_key=generate_key(), node_key=generate_key())
     return clock, deployer, convergence, node_commands(convergence, keys, 4522)
 
@@ -82,7 +108,8 @@ class ReceiveCancellationTests(SynchronousTestCase):
         self.assertEqual(len(failures), 1)
         failures[0].trap(CancelledError)
         # The server then sees the channel's stdin end: the receive ends.
-        session.stdin_done.errback(ConnectionError("channel closed"))
+        if not session.stdin_done.called:  # the cut receive stopped reading
+            session.stdin_done.errback(ConnectionError("channel closed"))
         clock.advance(1)
         del running
         gc.collect()

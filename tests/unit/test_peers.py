@@ -15,7 +15,7 @@ from flocker_async.node._persist import DesiredStateStore
 from flocker_async.node.service import NodeConvergence
 from flocker_async.route import MemoryNetwork
 from flocker_async.ssh import (
-    PEER, KeyAuthorizer, add_known_host, generate_key, public_key_line)
+    KeyAuthorizer, add_known_host, generate_key, public_key_line)
 from flocker_async.volume import MemoryStoragePool
 from flocker_async.wire import Peer
 
@@ -55,7 +55,8 @@ def ssh_fixture(testcase):
         nodes[address] = InMemoryNode(testcase, net, address, operator)
         testcase.addCleanup(nodes[address].listen(net).stopListening)
     caller, target = nodes[CALLER], nodes[TARGET]
-    target.authorizer.set_keys(PEER, [caller.keys.node_key])
+    target.convergence.set_peer_keys([Peer(CALLER, PORT, public_key_line(caller.keys.node_key),
+                                           public_key_line(caller.keys.host_key))])
     add_known_host(caller.convergence.known_hosts_path, TARGET, PORT, target.keys.host_key)
     caller.peers.set_peers([Peer(TARGET, PORT, public_key_line(target.keys.node_key),
                                  public_key_line(target.keys.host_key))])
