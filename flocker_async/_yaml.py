@@ -7,23 +7,32 @@ application vanishes), expands aliases without limit (a few hundred bytes
 can ask for gigabytes), and forgets line numbers.  Here we let PyYAML
 compose the node graph, then build plain Python values ourselves, walking
 the graph with a budget and reporting problems as ``(path, message)``.
+
+The budget is counted on the expanded document: every value an alias
+copies costs again, both one value of ``MAX_NODES`` and its bytes of
+``MAX_EXPANDED_BYTES``, so a small file cannot ask for a huge request.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-__all__ = ["MAX_DOCUMENT_BYTES", "MAX_NODES", "MAX_DEPTH", "YAMLProblem",
-           "format_path", "load_yaml"]
+__all__ = ["MAX_DOCUMENT_BYTES", "MAX_NODES", "MAX_EXPANDED_BYTES", "MAX_DEPTH",
+           "YAMLProblem", "format_path", "load_yaml"]
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_NODES = 100_000
+# The UTF-8 bytes of every scalar once aliases are expanded: as much as a
+# node accepts in one apply request (wire.MAX_REQUEST_BYTES).  A file
+# without aliases never reaches it: its scalars are at most its own size.
+MAX_EXPANDED_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
 
 _MAP_TAG = "tag:yaml.org,2002:map"
@@ -55,6 +64,28 @@ def _where(node) -> str:
     return "line %d, column %d" % (mark.line + 1, mark.column + 1)
 
 
+class _Alias:
+    """Where an alias (``*name``) was written, around the node it copies:
+    PyYAML's composer hands back the anchored node itself, so without this
+    an error could only name the anchor."""
+
+    __slots__ = ("node", "anchor", "start_mark")
+
+    def __init__(self, node, anchor: str, start_mark):
+        self.node = node
+        self.anchor = anchor
+        self.start_mark = start_mark
+
+
+class _Loader(yaml.SafeLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(AliasEvent):
+            event = self.peek_event()
+            return _Alias(super().compose_node(parent, index), event.anchor,
+                          event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def format_path(path) -> str:
     """``applications.db.ports[0].external``; odd keys in brackets."""
     text = ""
@@ -71,14 +102,26 @@ def format_path(path) -> str:
 class _Builder:
     def __init__(self):
         self.budget = MAX_NODES
+        self.bytes_left = MAX_EXPANDED_BYTES
+        # The outermost alias being expanded: the place in the file that
+        # asked for the copy that went over the budget.
+        self.expanding: Optional[_Alias] = None
         self.scalars = SafeConstructor()
         self.problems: List[Tuple[str, str]] = []
 
     def build(self, node, depth: int, path=()) -> Any:
+        if isinstance(node, _Alias):
+            if self.expanding is not None:
+                return self.build(node.node, depth, path)
+            self.expanding = node
+            try:
+                return self.build(node.node, depth, path)
+            finally:
+                self.expanding = None
         self.budget -= 1
         if self.budget < 0:
             raise YAMLProblem(
-                _where(node),
+                _where(self.expanding or node),
                 "document too large once aliases are expanded "
                 "(more than %d values)" % (MAX_NODES,))
         if depth > MAX_DEPTH:
@@ -91,12 +134,13 @@ class _Builder:
             result: dict = {}
             result_lines: dict = {}
             for key_node, value_node in node.value:
-                if not isinstance(key_node, ScalarNode):
+                plain = key_node.node if isinstance(key_node, _Alias) else key_node
+                if not isinstance(plain, ScalarNode):
                     raise YAMLProblem(
                         _where(key_node),
                         "mapping keys must be plain values, not a list or mapping")
                 key = self.build(key_node, depth + 1, path)
-                if key_node.tag == "tag:yaml.org,2002:merge":
+                if plain.tag == "tag:yaml.org,2002:merge":
                     raise YAMLProblem(_where(key_node),
                                       "merge keys (<<) are not supported")
                 try:
@@ -127,10 +171,28 @@ class _Builder:
         if node.tag not in _SCALAR_TAGS:
             raise YAMLProblem(_where(node),
                               "unsupported YAML tag %s" % (node.tag,))
+        self.bytes_left -= len(node.value.encode("utf-8", "surrogatepass"))
+        if self.bytes_left < 0:
+            self._too_large(path)
         try:
             return self.scalars.construct_object(node)
         except (ConstructorError, ValueError, OverflowError) as e:
             raise YAMLProblem(_where(node), "invalid value: %s" % (e,))
+
+    def _too_large(self, path):
+        # Only aliases can get here: a file's own scalars fit in its size.
+        alias = self.expanding
+        where = (", at %s" % (format_path(path),)) if path else ""
+        if alias is None:
+            raise YAMLProblem("", "values larger than %d bytes%s"
+                              % (MAX_EXPANDED_BYTES, where))
+        raise YAMLProblem(
+            _where(alias),
+            "alias *%s (a copy of the value at %s) takes the document past "
+            "%d bytes (%d MiB) of values once aliases are expanded%s, more than "
+            "a node accepts in one request; write the values out, or share less"
+            % (alias.anchor, _where(alias.node), MAX_EXPANDED_BYTES,
+               MAX_EXPANDED_BYTES >> 20, where))
 
 
 def load_yaml(data: bytes) -> Tuple[Any, List[Tuple[str, str]]]:
@@ -156,7 +218,7 @@ def load_yaml(data: bytes) -> Tuple[Any, List[Tuple[str, str]]]:
             for line in text.splitlines()):
         raise YAMLProblem("", "file is empty")
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
         finally:

@@ -26,12 +26,13 @@ from .changes import IStateChange, calculate_changes, plan_takeovers
 from .config import ConfigurationError
 from .docker import configuration_digest
 from .model import ClusterState, Deployment, Node, NodeState
-from .wire import Peer, decode_node_state, encode_apply, resolve_ipv4
+from .wire import MAX_REQUEST_BYTES, Peer, decode_node_state, encode_apply, resolve_ipv4
 from .ssh import RemoteCommandFailed, SSHClient, SSHError
 
 __all__ = ["NodeFailure", "DeployFailed", "NodeInfo", "gather", "apply_all",
            "deploy", "dry_run", "check_down", "resolve_down", "DownNodeAnswers",
-           "TakeOverRefused", "takeover_report", "live_part"]
+           "TakeOverRefused", "takeover_report", "live_part", "RequestTooLarge",
+           "check_request_size", "check_deployment_size", "MAX_EVENT_LINE"]
 
 
 @frozen
@@ -67,6 +68,61 @@ class NodeInfo:
     known_epochs: Dict[str, int] = {}
     # The peers its last deployment named (keys of nodes now down, too).
     peers: Tuple[Peer, ...] = ()
+
+
+class RequestTooLarge(Exception):
+    """
+    An ``apply`` request is larger than a node accepts, so none was sent.
+    ``part`` is the request's largest part: ``applications`` (the
+    application file), ``deployment`` (the deployment file), ``cluster`` or
+    ``peers`` (what the nodes reported); ``largest`` is its biggest
+    application, (name, bytes), if that part is the applications.
+    """
+
+    def __init__(self, node: Optional[str], size: int, limit: int, part: str,
+                 part_size: int, largest: Optional[Tuple[str, int]]):
+        self.node = node
+        self.size = size
+        self.limit = limit
+        self.part = part
+        self.part_size = part_size
+        self.largest = largest
+        super().__init__("the apply request%s would be %d bytes, more than "
+                         "the %d bytes a node accepts (%s: %d bytes)"
+                         % (" to %s" % (node,) if node else "", size, limit, part,
+                            part_size))
+
+
+def _encoded_size(value) -> int:
+    return len(json.dumps(value, sort_keys=True).encode("utf-8"))
+
+
+def check_request_size(node: Optional[str], request: bytes) -> None:
+    """``RequestTooLarge`` if a node would refuse ``request`` (an encoded
+    ``apply`` to ``node``; None: to any) for its size, saying which part of
+    it is the largest."""
+    if len(request) <= MAX_REQUEST_BYTES:
+        return
+    document = json.loads(request.decode("utf-8"))
+    sizes = {part: _encoded_size(document[part])
+             for part in ("applications", "deployment", "cluster", "peers")}
+    part = max(sizes, key=lambda p: sizes[p])
+    largest = None
+    if part == "applications":
+        apps = document["applications"]["applications"]
+        if apps:
+            name = max(apps, key=lambda a: _encoded_size(apps[a]))
+            largest = (name, _encoded_size(apps[name]))
+    raise RequestTooLarge(node, len(request), MAX_REQUEST_BYTES, part,
+                          sizes[part], largest)
+
+
+def check_deployment_size(deployment: Deployment) -> None:
+    """Before any node is contacted: ``RequestTooLarge`` if the apply
+    request of ``deployment`` alone (no node states or keys yet) is larger
+    than a node accepts."""
+    check_request_size(None, encode_apply(
+        "0.0.0.0", uuid.uuid4().hex, deployment, ClusterState([]), []))
 
 
 class NodeReported(Exception):
@@ -263,14 +319,25 @@ def takeover_report(deployment: Deployment, infos: Dict[str, NodeInfo],
     return lines
 
 
+# The longest line of a node's output kept: far above any event a node
+# writes, and all a node that never ends its line can make us hold.
+MAX_EVENT_LINE = 1024 * 1024
+
+
 @implementer(IConsumer)
 class _Lines:
-    """Splits a node's ``apply`` output into JSON events."""
+    """
+    Splits a node's ``apply`` output into JSON events.  A line longer than
+    ``limit`` bytes is dropped, and an event ``{"action": "line-cut",
+    "limit": limit}`` says so in its place.
+    """
 
-    def __init__(self, on_event: Callable[[dict], None]):
+    def __init__(self, on_event: Callable[[dict], None], limit: int = MAX_EVENT_LINE):
         self.on_event = on_event
-        self.buffer = b""
-        self.result = None
+        self.limit = limit
+        self.buffer = bytearray()
+        self.skipping = False  # inside a line longer than the limit
+        self.result: Optional[dict] = None
         self.producer = None
 
     def registerProducer(self, producer, streaming):
@@ -280,20 +347,38 @@ class _Lines:
         self.producer = None
 
     def write(self, data):
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line.decode("utf-8"))
-            except ValueError:
-                event = {"action": "output", "message": line.decode("utf-8", "replace")}
-            if not isinstance(event, dict):
-                continue
-            if "result" in event:
-                self.result = event
-            self.on_event(event)
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            if not self.skipping:
+                if len(self.buffer) + len(piece) > self.limit:
+                    self.skipping = True
+                    self.buffer.clear()
+                    self.on_event({"action": "line-cut", "limit": self.limit})
+                else:
+                    self.buffer += piece
+            if end < 0:
+                return
+            if not self.skipping:
+                line = bytes(self.buffer)
+                self.buffer.clear()
+                self._line(line)
+            self.skipping = False
+            start = end + 1
+
+    def _line(self, line: bytes):
+        if not line.strip():
+            return
+        try:
+            event = json.loads(line.decode("utf-8"))
+        except ValueError:
+            event = {"action": "output", "message": line.decode("utf-8", "replace")}
+        if not isinstance(event, dict):
+            return
+        if "result" in event:
+            self.result = event
+        self.on_event(event)
 
 
 async def _apply_one(client: SSHClient, info: NodeInfo, port: int, request: bytes,
@@ -324,14 +409,15 @@ async def apply_all(client: SSHClient, deployment: Deployment,
     peers = _peers(infos, down)
     generation = next_generation(infos)
     names = sorted(infos)
+    requests = [encode_apply(infos[n].address, deploy_id, desired, cluster, peers,
+                             generation=generation, down=sorted(down.values()),
+                             epoch_floor=epoch_floor(infos)) for n in names]
+    # All checked before any is sent: no node acts on a deploy others refuse.
+    for name, request in zip(names, requests):
+        check_request_size(name, request)
     results = await defer.DeferredList([
-        Deferred.fromCoroutine(_apply_one(
-            client, infos[n], port,
-            encode_apply(infos[n].address, deploy_id, desired, cluster, peers,
-                         generation=generation, down=sorted(down.values()),
-                         epoch_floor=epoch_floor(infos)),
-            on_event))
-        for n in names], consumeErrors=True)
+        Deferred.fromCoroutine(_apply_one(client, infos[n], port, request, on_event))
+        for n, request in zip(names, requests)], consumeErrors=True)
     failures = [NodeFailure(n, _explain(cast(Failure, v).value))
                 for n, (ok, v) in zip(names, results) if not ok]
     if failures:

@@ -15,7 +15,8 @@ import difflib
 import json
 import math
 import re
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Collection, Dict, Iterable, List, Optional, Sequence, Tuple,
+                    Union)
 
 from attrs import frozen
 
@@ -27,6 +28,8 @@ __all__ = [
     "NAME_RULE",
     "MIN_DURATION",
     "MAX_DURATION",
+    "MAX_HINT_CANDIDATES",
+    "MAX_HINT_COMPARISONS",
     "Problem",
     "ConfigurationError",
     "Report",
@@ -56,13 +59,22 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 NAME_RULE = ("1-63 characters: letters, digits, '-' and '_', "
              "starting with a letter or digit")
 
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTkmgt]?)(i?[Bb])?\s*\Z")
+# ASCII: int() reads other scripts' digits, which no one means as a size.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTkmgt]?)(i?[Bb])?\s*\Z", re.ASCII)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhSMH]?)\s*\Z")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhSMH]?)\s*\Z", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 MIN_DURATION = 1.0
 MAX_DURATION = 7 * 24 * 3600.0
+
+# "did you mean" compares a word with every candidate (difflib, about 6 us
+# each) and a node runs it on its reactor while decoding an apply: no hint
+# among more candidates than this, and no more comparisons than this per
+# file, so 2,000 bad references cost nothing rather than 4,000,000
+# comparisons.
+MAX_HINT_CANDIDATES = 200
+MAX_HINT_COMPARISONS = 10_000
 
 
 # --- problems -------------------------------------------------------------------
@@ -113,6 +125,7 @@ class Report:
     def __init__(self, filename: str):
         self.filename = filename
         self.problems: List[Problem] = []
+        self.comparisons_left = MAX_HINT_COMPARISONS
 
     def error(self, path: Path, message: str) -> None:
         self.problems.append(Problem(self.filename, format_path(path), message))
@@ -122,6 +135,13 @@ class Report:
 
     def __len__(self) -> int:
         return len(self.problems)
+
+    def hint(self, word: str, known: Collection[str]) -> Optional[str]:
+        """``close_match``, while this file's hints have comparisons left."""
+        if len(known) > min(MAX_HINT_CANDIDATES, self.comparisons_left):
+            return None
+        self.comparisons_left -= len(known)
+        return close_match(word, known)
 
 
 # --- scalar checks ------------------------------------------------------------
@@ -294,7 +314,7 @@ def valid_mapping(r: Report, path: Path, value: Any, required: Iterable[str],
             r.error(path + (key,), "unexpected key %s (expected one of: %s)"
                     % (describe(key), ", ".join(known)))
             continue
-        hint = close_match(key, known)
+        hint = r.hint(key, known)
         r.error(path + (key,), "unknown key%s; expected one of: %s"
                 % ((" (did you mean %r?)" % (hint,)) if hint else "",
                    ", ".join(known)))
@@ -304,8 +324,11 @@ def valid_mapping(r: Report, path: Path, value: Any, required: Iterable[str],
     return value
 
 
-def close_match(word: str, known: Sequence[str]) -> Optional[str]:
-    """The one of ``known`` that ``word`` was probably meant to be, if any."""
+def close_match(word: str, known: Collection[str]) -> Optional[str]:
+    """The one of ``known`` that ``word`` was probably meant to be, if any;
+    None without comparing among more than ``MAX_HINT_CANDIDATES``."""
+    if len(known) > MAX_HINT_CANDIDATES:
+        return None
     hint = difflib.get_close_matches(word, known, n=1)
     return hint[0] if hint else None
 

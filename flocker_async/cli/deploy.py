@@ -7,6 +7,7 @@ flocker-deploy: put applications on the nodes a deployment file names.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import Dict, List, Optional, TextIO
@@ -24,6 +25,37 @@ EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 
 def _default(variable: str, fallback: str) -> str:
     return os.environ.get(variable) or fallback
+
+
+# C0 and C1 controls, DEL, and the marks and overrides that reorder text.
+_CONTROLS = "\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile("[%s]" % (_CONTROLS,))
+_UNPRINTABLE_OR_NEWLINE = re.compile("[\n%s]" % (_CONTROLS,))
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match) -> str:
+    character = match.group()
+    code = ord(character)
+    return _NAMED.get(character) or (
+        "\\x%02x" % (code,) if code < 0x100 else "\\u%04x" % (code,))
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """
+    ``text`` with its control characters shown as escapes (``\\x1b``,
+    ``\\r``), so what a node says (events, zfs or registry errors) cannot
+    move the cursor, retitle or clear the operator's terminal.  ``\\n``
+    stays a line break unless ``newlines`` is false.
+    """
+    pattern = _UNPRINTABLE if newlines else _UNPRINTABLE_OR_NEWLINE
+    return pattern.sub(_escape, text)
+
+
+def _cause(text: str) -> str:
+    """A node's multi-line error, its lines after the first indented under
+    the line that names the node."""
+    return printable(text).replace("\n", "\n  ")
 
 
 class DeployOptions(usage.Options):
@@ -127,7 +159,7 @@ def load(options, err: TextIO):
                                   options["application_file"])
     except ConfigurationError as e:
         for problem in e.problems:
-            err.write("%s\n" % (problem,))
+            err.write("%s\n" % (printable(str(problem)),))
         err.write("%s in %s and %s; nothing was deployed.\n" % (
             _plural(len(e.problems), "problem"),
             options["deployment_file"], options["application_file"]))
@@ -156,11 +188,40 @@ def down_problems(options, deployment) -> List[Problem]:
 
 def report(problems, options, err: TextIO) -> int:
     for problem in problems:
-        err.write("%s\n" % (problem,))
+        err.write("%s\n" % (printable(str(problem)),))
     err.write("%s in %s and %s; nothing was deployed.\n" % (
         _plural(len(problems), "problem"),
         options["deployment_file"], options["application_file"]))
     return EXIT_CONFIGURATION
+
+
+def too_large(error, options) -> str:
+    """What to tell the operator about a ``RequestTooLarge``."""
+    source = {"applications": options["application_file"],
+              "deployment": options["deployment_file"]}.get(error.part)
+    request = ("the apply request" if error.node is None
+               else "the apply request to node %s" % (error.node,))
+    text = "%s would be %d bytes, more than the %d bytes a node accepts" % (
+        request, error.size, error.limit)
+    if source is None:
+        return ("flocker-deploy: %s; the nodes' state and keys make %d bytes of it; "
+                "nothing was deployed" % (text, error.part_size))
+    text = "%s: %s; %s makes %d bytes of it" % (source, text, source, error.part_size)
+    if error.largest is not None:
+        text += " (the largest, application %s, %d bytes)" % error.largest
+    return text + "; nothing was deployed"
+
+
+def size_checked(options, deployment, err: TextIO) -> bool:
+    """False, having said why, if a node would refuse the deployment's apply
+    request for its size (checked before any node is contacted)."""
+    from .. import deploy as deploy_lib
+    try:
+        deploy_lib.check_deployment_size(deployment)
+    except deploy_lib.RequestTooLarge as e:
+        err.write("%s\n" % (printable(too_large(e, options)),))
+        return False
+    return True
 
 
 def validate(options, out: TextIO, err: TextIO) -> int:
@@ -170,6 +231,8 @@ def validate(options, out: TextIO, err: TextIO) -> int:
     problems = down_problems(options, deployment)
     if problems:
         return report(problems, options, err)
+    if not size_checked(options, deployment, err):
+        return EXIT_CONFIGURATION
     apps = sorted(app.name for _, app in deployment.applications())
     out.write("valid: %s (%s) on %s (%s)\n" % (
         _plural(len(apps), "application"), ", ".join(apps) or "none",
@@ -209,6 +272,9 @@ def describe(event: dict) -> Optional[str]:
         return "%s: %s" % (app, event.get("route"))
     if action == "waiting":
         return "waiting: %s" % (event.get("message"),)
+    if action == "line-cut":
+        return "skipped a line of this node's output longer than %s" % (
+            _size(event.get("limit", 0)),)
     if action == "problem" or action == "warning":
         return "%s: %s" % (app, event.get("message"))
     words = {
@@ -247,6 +313,9 @@ class Progress:
 
     def event(self, node: str, event: dict):
         line = describe(event)
+        if line is not None:
+            # One line per event, so a node cannot draw over another's line.
+            line = printable(line, newlines=False)
         if event.get("action") == "transfer":
             key = (node, event.get("application"), event.get("phase"))
             now, done = self.clock(), event.get("bytes", 0)
@@ -255,8 +324,9 @@ class Progress:
             if previous and now > previous[0]:
                 rate = ", %.1f MB/s" % ((done - previous[1]) / (now - previous[0]) / 1e6,)
             self.rates[key] = (now, done)
-            line = "sending volume %s to %s: %s%s" % (
-                event.get("application"), event.get("to"), _size(done), rate)
+            line = printable("sending volume %s to %s: %s%s" % (
+                event.get("application"), event.get("to"), _size(done), rate),
+                newlines=False)
             if not self.live:
                 self.out.write("%s: %s\n" % (node, line))
                 self.out.flush()
@@ -295,6 +365,8 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
                   "from the daemon; choose another external port\n"
                   % (options["application_file"], ", ".join(clashes), options["port"]))
         return EXIT_CONFIGURATION
+    if not size_checked(options, deployment, err):
+        return EXIT_CONFIGURATION
     from twisted.conch.ssh import keys
     try:
         identity = keys.Key.fromFile(options["identity"])
@@ -326,7 +398,7 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
 
     def takeover(lines):
         for line in lines:
-            out.write("take-over: %s\n" % (line,))
+            out.write("take-over: %s\n" % (printable(line, newlines=False),))
         out.flush()
 
     async def main(reactor):
@@ -347,27 +419,31 @@ def run_deploy(options, out: TextIO, err: TextIO, dry: bool, reactor=None) -> in
                     steps = _steps(change)
                     out.write("%s (%s):\n" % (name, infos[name].address))
                     for step in steps:
-                        out.write("  %s\n" % (step,))
+                        out.write("  %s\n" % (printable(step, newlines=False),))
                 return
             await deploy_lib.deploy(reactor, client, deployment, port,
                                     progress.event, down=down, on_takeover=takeover)
         except deploy_lib.DownNodeAnswers as e:
             for node in e.nodes:
                 err.write("flocker-deploy: node %s answers: it is not down; nothing "
-                          "was changed (deploy without --down for it)\n" % (node,))
+                          "was changed (deploy without --down for it)\n"
+                          % (printable(node, newlines=False),))
             outcome["status"] = EXIT_CONFIGURATION
         except deploy_lib.TakeOverRefused as e:
             for line in e.lines:
-                err.write("flocker-deploy: %s\n" % (line,))
+                err.write("flocker-deploy: %s\n" % (printable(line, newlines=False),))
             outcome["status"] = EXIT_NODE_FAILED
+        except deploy_lib.RequestTooLarge as e:
+            err.write("%s\n" % (printable(too_large(e, options)),))
+            outcome["status"] = EXIT_CONFIGURATION
         except deploy_lib.DeployFailed as e:
             for failure in e.failures:
-                err.write("flocker-deploy: node %s failed: %s\n" % (failure.node,
-                                                                     failure.cause))
+                err.write("flocker-deploy: node %s failed: %s\n"
+                          % (printable(failure.node), _cause(failure.cause)))
             outcome["status"] = EXIT_NODE_FAILED
         except Exception as e:
             err.write("flocker-deploy: deploy failed: %s: %s\n"
-                      % (type(e).__name__, e))
+                      % (type(e).__name__, _cause(str(e))))
             outcome["status"] = EXIT_NODE_FAILED
 
     def run(reactor):

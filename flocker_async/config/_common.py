@@ -26,13 +26,17 @@ MAX_CPU_SHARES = 262144
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 
-# Docker's image reference grammar (without digests).
+# Docker's image reference grammar (without digests); ASCII only, as
+# Docker's is (Python's \w would also take other scripts' letters and digits).
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE_DOMAIN = (r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
                  r"(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?")
 _IMAGE = re.compile(
     r"(?:%s/)?%s(?:/%s)*(?::[\w][\w.-]{0,127})?\Z"
-    % (_IMAGE_DOMAIN, _IMAGE_COMPONENT, _IMAGE_COMPONENT))
+    % (_IMAGE_DOMAIN, _IMAGE_COMPONENT, _IMAGE_COMPONENT), re.ASCII)
+
+# C0 and C1 control characters and DEL: none belongs in a path.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @frozen
@@ -146,7 +150,7 @@ def valid_mountpoint(r: Report, path: Path, value: Any) -> Optional[str]:
     if normal == "/":
         r.error(path, "the volume cannot be mounted on / (the container's root)")
         return None
-    if any(c in text for c in ":,\n\t"):
+    if ":" in text or "," in text or _CONTROL.search(text):
         r.error(path, "path must not contain ':', ',' or control characters")
         return None
     return normal

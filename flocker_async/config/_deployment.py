@@ -20,7 +20,6 @@ from ..validation import (
     Path,
     Problem,
     Report,
-    close_match,
     describe,
     read_document,
     read_file,
@@ -205,8 +204,9 @@ def _validate(dr: Report, ar: Report, dep_doc, app_doc, application_file: str,
     return deployment_model
 
 
-def _not_defined(name: str, parsed: ParsedApplications, application_file: str) -> str:
-    hint = close_match(name, sorted(parsed.applications) + sorted(parsed.invalid))
+def _not_defined(r: Report, name: str, defined: List[str],
+                 application_file: str) -> str:
+    hint = r.hint(name, defined)
     return "application %s is not defined in %s%s" % (
         json.dumps(name), application_file,
         " (did you mean %s?)" % (json.dumps(hint),) if hint else "")
@@ -218,6 +218,8 @@ def _cross_check(dr: Report, ar: Report, placement: _DeploymentDocument,
     placed: Dict[str, Path] = {}
     home: Dict[str, str] = {}
     result = []
+    # The names a misspelt reference may have meant, listed once.
+    defined = sorted(set(parsed.applications) | parsed.invalid) if parsed else []
     for address, path, entries in placement.nodes:
         apps = []
         for name, entry_path in entries:
@@ -232,7 +234,7 @@ def _cross_check(dr: Report, ar: Report, placement: _DeploymentDocument,
                 continue
             app = parsed.applications.get(name)
             if app is None:
-                dr.error(entry_path, _not_defined(name, parsed, application_file))
+                dr.error(entry_path, _not_defined(dr, name, defined, application_file))
                 continue
             apps.append(app)
         result.append(Node(hostname=address, applications=apps))
@@ -252,12 +254,12 @@ def _cross_check(dr: Report, ar: Report, placement: _DeploymentDocument,
                                  parsed.port_paths[(other, port.external_port)])))
                 else:
                     users[port.external_port] = name
-    standby = _check_standby(dr, placement, home, parsed, application_file)
+    standby = _check_standby(dr, placement, home, parsed, defined, application_file)
     return Deployment(nodes=result, standby=standby)
 
 
 def _check_standby(dr: Report, placement: _DeploymentDocument, home: Dict[str, str],
-                   parsed: Optional[ParsedApplications],
+                   parsed: Optional[ParsedApplications], defined: List[str],
                    application_file: str) -> Dict[str, List[str]]:
     """Each standby names a placed application with a volume, and other nodes
     of the deployment."""
@@ -266,7 +268,7 @@ def _check_standby(dr: Report, placement: _DeploymentDocument, home: Dict[str, s
     for name, path, entries in placement.standby:
         if (parsed is not None and name not in parsed.invalid
                 and name not in parsed.applications):
-            dr.error(path, _not_defined(name, parsed, application_file))
+            dr.error(path, _not_defined(dr, name, defined, application_file))
         elif entries:  # an empty list asks for nothing to be replicated
             if name not in home:
                 dr.error(path, "application %s runs on no node; only an application "
@@ -276,7 +278,7 @@ def _check_standby(dr: Report, placement: _DeploymentDocument, home: Dict[str, s
                 dr.error(path, "application %s has no volume to replicate" % (name,))
         for address, entry_path in entries:
             if address not in addresses:
-                hint = close_match(address, sorted(addresses))
+                hint = dr.hint(address, addresses)
                 dr.error(entry_path, "node %s is not one of the nodes of this "
                          "deployment%s; a standby must be a key of nodes"
                          % (address, " (did you mean %s?)" % (hint,) if hint else ""))
