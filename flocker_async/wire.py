@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from attrs import frozen
@@ -288,6 +289,10 @@ _APPLY_KEYS = {"version", "node", "deploy_id", "deployment", "applications",
 _OPTIONAL_APPLY_KEYS = {"generation", "down", "epoch_floor"}
 
 
+# A deploy's identifier: ASCII only (str.isalnum takes any script).
+DEPLOY_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+
+
 def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
     """Parse and check an ``apply`` request; ``ConfigurationError`` lists
     every problem."""
@@ -318,8 +323,7 @@ def decode_apply(data: bytes, source: str = "apply") -> ApplyRequest:
     if node is None:
         p.add("node", "expected this node's IPv4 address")
     deploy_id = doc["deploy_id"]
-    if not isinstance(deploy_id, str) or not 0 < len(deploy_id) <= 64 or not all(
-            c.isalnum() or c in "-_" for c in deploy_id):
+    if not isinstance(deploy_id, str) or not DEPLOY_ID.match(deploy_id):
         p.add("deploy_id", "expected an identifier of up to 64 letters, digits, - and _")
     deployment = None
     try:

@@ -56,7 +56,7 @@ from ..volume import VolumeError, VolumeName, VolumeNotFound
 from ..volume._interfaces import SET_ASIDE_LABEL
 from ._config import NodeConfiguration, load_operator_keys
 from ..wire import (
-    MAX_REQUEST_BYTES, PeerSync, decode_apply, encode_node_state, encode_sync,
+    DEPLOY_ID, MAX_REQUEST_BYTES, PeerSync, decode_apply, encode_node_state, encode_sync,
     resolve_ipv4, retarget_apply)
 from ._deployer import Deployer
 from ._keys import load_node_keys
@@ -410,6 +410,18 @@ class NodeConvergence(Service):
             self._loop.stop()
 
 
+# An invalid request's problems sent back at most: one result line stays
+# far below flocker-deploy's line limit however bad the request.
+MAX_PROBLEMS_SENT = 100
+
+
+def _problem_lines(problems) -> List[str]:
+    lines = [str(p) for p in problems[:MAX_PROBLEMS_SENT]]
+    if len(problems) > MAX_PROBLEMS_SENT:
+        lines.append("... and %d more problems" % (len(problems) - MAX_PROBLEMS_SENT,))
+    return lines
+
+
 def _problem(path, message):
     return Problem("apply", path, message)
 
@@ -527,7 +539,7 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
             converging = convergence.apply(data, emit)
         except ConfigurationError as e:
             emit({"result": "invalid", "node": deployer.hostname,
-                  "errors": [str(p) for p in e.problems]})
+                  "errors": _problem_lines(e.problems)})
             return 1
         # If flocker-deploy goes away (Ctrl-C, a lost connection), the node
         # finishes what it started rather than stopping half way through a
@@ -548,7 +560,7 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
                 result.raiseException()
         except ConfigurationError as e:
             emit({"result": "invalid", "node": deployer.hostname,
-                  "errors": [str(p) for p in e.problems]})
+                  "errors": _problem_lines(e.problems)})
             return 1
         except Exception as e:
             emit({"result": "failed", "node": deployer.hostname, "errors": [str(e)]})
@@ -557,8 +569,7 @@ def node_commands(convergence: NodeConvergence, keys, ssh_port: int):
         return 0
 
     def lease(role, args, session):
-        if len(args) != 1 or not 0 < len(args[0]) <= 64 or not all(
-                c.isalnum() or c in "-_" for c in args[0]):
+        if len(args) != 1 or not DEPLOY_ID.match(args[0]):
             raise CommandError("usage: lease DEPLOY_ID", 2)
         deploy_id = args[0]
         current = convergence.lease

@@ -159,3 +159,35 @@ class DiscardSetAsideTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(done), 0)
         self.assertEqual(self.successResultOf(pool.set_asides()), [])
         self.assertNotIn(PEER, commands["discard-set-aside"].roles)
+
+
+class RequestIdentityTests(SynchronousTestCase):
+    def test_lease_refuses_non_ascii_deploy_ids(self):
+        """str.isalnum takes any script; a deploy id is ASCII."""
+        clock, deployer, convergence, commands = make_node(self)
+        for bad in ("dé", "x\u0661", "ｆｕｌｌ", "a b", "x" * 65):
+            self.assertRaises(CommandError, commands["lease"].run, OPERATOR, [bad],
+                              FakeSession(OPERATOR))
+        self.assertIsNone(convergence.lease)
+
+    def test_apply_refuses_non_ascii_deploy_id(self):
+        from flocker_async.wire import decode_apply
+        from flocker_async.config import ConfigurationError
+        import json as _json
+        from .test_hostile import valid_request
+        document = valid_request()
+        decode_apply(_json.dumps(document).encode())
+        document["deploy_id"] = "dé"
+        error = self.assertRaises(ConfigurationError, decode_apply,
+                                  _json.dumps(document).encode())
+        self.assertIn("deploy_id", str(error))
+
+    def test_invalid_result_lists_at_most_a_hundred_problems(self):
+        """However bad a request, its one result line stays small."""
+        from flocker_async.config import Problem
+        from flocker_async.node.service import MAX_PROBLEMS_SENT, _problem_lines
+        problems = [Problem("apply", "applications.a%d" % i, "bad") for i in range(5000)]
+        lines = _problem_lines(problems)
+        self.assertEqual(len(lines), MAX_PROBLEMS_SENT + 1)
+        self.assertEqual(lines[-1], "... and %d more problems" % (5000 - MAX_PROBLEMS_SENT,))
+        self.assertEqual(_problem_lines(problems[:3]), [str(p) for p in problems[:3]])
