@@ -229,6 +229,21 @@ class FailoverTestCase(SynchronousTestCase):
         return self.lab.exec(node, ["docker", "ps", "--format", "{{.Names}}"]
                              ).stdout.decode().split()
 
+    def set_aside_copy(self, node, volume, timeout=30):
+        """The one set-aside copy of ``volume`` on ``node`` once its
+        set-aside has finished (listed, and mounted at its mountpoint):
+        a copy that has just stopped being writable is still being
+        renamed and mounted for a moment."""
+        found = []
+
+        def settled():
+            state = self.node_state(node)
+            kept = [c for c in state["set_aside"] if c["volume"] == volume]
+            found[:] = kept
+            return len(kept) == 1 and os.path.ismount(kept[0]["mountpoint"])
+        self.wait_until(settled, timeout, "%s sets its copy of %s aside" % (node, volume))
+        return found[0]
+
     def wait_until(self, predicate, timeout, what):
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -310,9 +325,7 @@ class TakeOverTests(FailoverTestCase):
         # Within one convergence interval (and the time a stop and a
         # set-aside take on this shared machine).
         self.assertLess(time.monotonic() - started, CONVERGENCE_INTERVAL + 5)
-        state = self.node_state("n1")
-        kept = [c for c in state["set_aside"] if c["volume"] == name]
-        self.assertEqual(len(kept), 1, state["set_aside"])
+        kept = [self.set_aside_copy("n1", name)]
         pool = self.lab.node("n1").pool
         listing = self.zfs("list", "-H", "-o", "name,org.flocker-async:read-only",
                            "-r", pool)
@@ -365,9 +378,7 @@ class PartitionTests(FailoverTestCase):
             self.wait_until(lambda: self.rows_quietly(address, port) == {1, 3},
                             30, "%s forwards to the new owner" % (address,))
         self.assertEqual(self.writable_copies(name), ["n3"])
-        state = self.node_state("n2")
-        kept = [c for c in state["set_aside"] if c["volume"] == name]
-        self.assertEqual(len(kept), 1, state["set_aside"])
+        kept = [self.set_aside_copy("n2", name)]
         with open(os.path.join(kept[0]["mountpoint"], "diverged")) as f:
             self.assertEqual(f.read(), "diverged\n")
         self.assertFalse(self.can_write(kept[0]["mountpoint"]))
