@@ -123,7 +123,7 @@ def serve(args):
 
     factory = ssh.make_ssh_factory(
         reactor, host_key, ssh.KeyAuthorizer({ssh.OPERATOR: [client_key]}),
-        {"discard": ssh.Command({ssh.OPERATOR}, wrap(discard)),
+        {"discard": ssh.Command({ssh.OPERATOR}, wrap(discard), large_input=True),
          "zeros": ssh.Command({ssh.OPERATOR}, wrap(zeros))},
         window_size=args.window, max_packet=args.max_packet)
 

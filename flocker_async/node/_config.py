@@ -12,7 +12,9 @@ import ipaddress
 import json
 import math
 import os
+import pwd
 import re
+import stat
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from attrs import Factory, field, frozen
@@ -40,6 +42,8 @@ __all__ = [
     "DEFAULT_DOCKER_SOCKET",
     "DEFAULT_CONVERGENCE_INTERVAL",
     "DEFAULT_LISTEN_ADDRESS",
+    "DEFAULT_LOGIN_TIMEOUT",
+    "MAX_LOGIN_TIMEOUT",
     "OPERATOR_KEYS_FILE",
     "ZFSConfiguration",
     "NodeConfiguration",
@@ -58,6 +62,10 @@ DEFAULT_MOUNT_ROOT = "/flocker"
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_CONVERGENCE_INTERVAL = 10.0
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0"
+# Seconds an SSH client has from connecting to authenticating (the SSH
+# server's ServerLimits.login_timeout).
+DEFAULT_LOGIN_TIMEOUT = 30.0
+MAX_LOGIN_TIMEOUT = 3600
 OPERATOR_KEYS_FILE = "operator_keys"
 
 # Room under ZFS's 255-character limit for "/<volume>@<snapshot>".
@@ -71,7 +79,8 @@ _DISK_LIKE = re.compile(r"c[0-9]")
 _MOUNT_COMPONENT = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 
 _TOP_KEYS = ("address", "ssh_port", "state_directory", "zfs", "docker_socket",
-             "operator_keys", "convergence_interval", "listen_address")
+             "operator_keys", "convergence_interval", "listen_address",
+             "login_timeout")
 _ZFS_KEYS = ("pool", "mount_root")
 
 
@@ -97,6 +106,7 @@ class NodeConfiguration:
         takes_self=True))
     convergence_interval: float = DEFAULT_CONVERGENCE_INTERVAL
     listen_address: str = DEFAULT_LISTEN_ADDRESS
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
 
 
 # --- checks ---------------------------------------------------------------------
@@ -198,6 +208,16 @@ def _interval(r: Report, path, value: Any) -> Optional[float]:
     return float(value)
 
 
+def _login_timeout(r: Report, path, value: Any) -> Optional[float]:
+    seconds = _interval(r, path, value)
+    if seconds is not None and seconds > MAX_LOGIN_TIMEOUT:
+        r.error(path, "expected at most %d seconds (an hour), got %s; a client "
+                      "authenticates in well under a second"
+                % (MAX_LOGIN_TIMEOUT, describe(value)))
+        return None
+    return seconds
+
+
 # --- the file ---------------------------------------------------------------------
 
 def _parse(r: Report, doc: Any) -> Optional[NodeConfiguration]:
@@ -223,6 +243,8 @@ def _parse(r: Report, doc: Any) -> Optional[NodeConfiguration]:
             values[key] = _absolute_path(r, path, value)
         elif key == "convergence_interval":
             values[key] = _interval(r, path, value)
+        elif key == "login_timeout":
+            values[key] = _login_timeout(r, path, value)
         elif key == "listen_address":
             values[key] = _ip_address(
                 r, path, value,
@@ -368,13 +390,45 @@ def operator_keys_from_text(text: Union[str, bytes],
     return tuple(result)
 
 
+def _untrusted_keys_file(path: str, info: os.stat_result) -> Optional[str]:
+    """
+    Why a keys file with ``info`` cannot be trusted, or None: as OpenSSH's
+    StrictModes, it must be owned by root or by us, and not be writable by
+    its group or by others (who could add their own key).
+    """
+    if info.st_uid not in (0, os.geteuid()):
+        try:
+            owner = " (%s)" % (pwd.getpwuid(info.st_uid).pw_name,)
+        except KeyError:
+            owner = ""
+        me = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() else "root"
+        return ("owned by uid %d%s, not by root or by the daemon's user: whoever "
+                "owns it decides who may deploy; if its contents are right, run "
+                "'chown %s %s'" % (info.st_uid, owner, me, path))
+    mode = stat.S_IMODE(info.st_mode)
+    writers = [who for who, bit in (("its group", stat.S_IWGRP),
+                                    ("other users", stat.S_IWOTH)) if mode & bit]
+    if writers:
+        return ("writable by %s (mode %04o), who could add their own key; refused "
+                "until you run 'chmod go-w %s' (and check its contents)"
+                % (" and ".join(writers), mode, path))
+    return None
+
+
 def load_operator_keys(path: str) -> Tuple[keys.Key, ...]:
     """
     The operators' public keys from the authorized_keys-style file at
     ``path``; ``ConfigurationError`` naming the file (and line) otherwise.
+    A file owned by another user, or writable by its group or others, is
+    refused as OpenSSH refuses such an authorized_keys file.
     """
     try:
         with open(path, "rb") as f:
+            # The file we read, not whatever is at the path a moment later.
+            untrusted = _untrusted_keys_file(path, os.fstat(f.fileno()))
+            if untrusted is not None:
+                raise ConfigurationError([Problem(
+                    path, "", "operator keys file is " + untrusted)])
             data = f.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
         raise ConfigurationError([Problem(

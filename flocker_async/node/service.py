@@ -49,6 +49,7 @@ from ..ssh import (
     StdinTooLarge,
     CommandError,
     KeyAuthorizer,
+    ServerLimits,
     make_ssh_factory,
     public_key_line,
 )
@@ -807,7 +808,9 @@ class SSHListener(StreamServerEndpointService):
 def listen_endpoint(reactor, address: str, port: int):
     """The server endpoint for ``address:port`` (IPv4 or IPv6)."""
     kind = "tcp6" if ":" in address else "tcp"
-    return serverFromString(reactor, "%s:port=%d:interface=%s" % (
+    # A deep accept queue: a flood of connections is closed by the server
+    # (see ServerLimits) rather than dropped unseen by the kernel.
+    return serverFromString(reactor, "%s:port=%d:interface=%s:backlog=1024" % (
         kind, port, quoteStringArgument(address)))
 
 
@@ -853,7 +856,8 @@ def make_node_service(configuration: NodeConfiguration, reactor=None) -> IServic
                             convergence.events.emit)
     convergence.replicator = replicator
     factory = make_ssh_factory(reactor, keys.host_key, authorizer,
-                               node_commands(convergence, keys, configuration.ssh_port))
+                               node_commands(convergence, keys, configuration.ssh_port),
+                               limits=ServerLimits(login_timeout=configuration.login_timeout))
     listen = configuration.listen_address
     root = FlockerNodeService()
     SSHListener(listen_endpoint(reactor, listen, configuration.ssh_port), factory,

@@ -6,7 +6,8 @@ checked, timeouts, streams with backpressure both ways).
 Server::
 
     factory = make_ssh_factory(reactor, node_keys.host_key, authorizer,
-                               {"version": Command({OPERATOR, PEER}, version)})
+                               {"version": Command({OPERATOR, PEER}, version)},
+                               limits=ServerLimits(login_timeout=30))
     TCP4ServerEndpoint(reactor, 4522).listen(factory)
 
 Client::
@@ -28,12 +29,13 @@ from ._keys import (
     load_or_create_node_keys, parse_public_keys, public_key_line)
 from ._server import (
     EXIT_NOT_PERMITTED, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, Command, CommandError,
-    CommandSession, KeyAuthorizer, StdinTooLarge, make_ssh_factory)
+    CommandSession, KeyAuthorizer, ServerLimits, StdinTooLarge, make_ssh_factory)
 
 __all__ = [
     # server
     "make_ssh_factory", "ICommand", "ICommandSession", "Command", "CommandError",
-    "CommandSession", "KeyAuthorizer", "StdinTooLarge", "OPERATOR", "PEER", "ROLES",
+    "CommandSession", "KeyAuthorizer", "ServerLimits", "StdinTooLarge", "OPERATOR",
+    "PEER", "ROLES",
     "EXIT_USAGE", "EXIT_NOT_PERMITTED", "EXIT_UNKNOWN_COMMAND",
     # client
     "SSHClient", "SSHClientConnection", "CommandResult", "run_command",

@@ -16,7 +16,7 @@ import os
 import shlex
 import signal as signal_module
 import struct
-from typing import List, Optional, Sequence, cast
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 from attrs import frozen
 from twisted.conch.ssh import connection, keys
@@ -24,7 +24,7 @@ from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.transport import SSHClientTransport
 from twisted.conch.ssh.userauth import SSHUserAuthClient
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
@@ -34,6 +34,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
+from ._algorithms import (
+    CIPHERS, CLIENT_KEY_EXCHANGES, CLIENT_MACS, COMPRESSIONS, HOST_KEY_ALGORITHMS)
 from ._flow import (
     DEFAULT_MAX_PACKET, DEFAULT_WINDOW_SIZE, BytesCollector,
     FlowControlledConnection, InboundStream, OutboundStream, OutputTooLarge)
@@ -61,6 +63,11 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 # Output collected in memory when the caller gives no consumer.
 DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 MAX_STDERR = 1024 * 1024
+# Under the server's limits (ServerLimits: 10 unauthenticated connections
+# per address, 32 connections per key), so that many pushes at once queue
+# here rather than being refused there.
+DEFAULT_MAX_HANDSHAKES_PER_HOST = 4
+DEFAULT_MAX_CONNECTIONS_PER_HOST = 16
 _DEFAULT = object()
 
 
@@ -231,11 +238,13 @@ class _Connection(FlowControlledConnection):
 
 class _ClientTransport(SSHClientTransport):
     userauth_class = _UserAuth
-    # The server takes the first of ours it supports.  HMAC-SHA-256 first:
-    # CPUs with the SHA extensions hash it several times faster than
-    # SHA-512, and a volume push spends much of its CPU on the MAC.
-    supportedMACs = [b"hmac-sha2-256"] + [
-        mac for mac in SSHClientTransport.supportedMACs if mac != b"hmac-sha2-256"]
+    # Modern algorithms only (see _algorithms); the server takes the first
+    # of ours it supports.
+    supportedCiphers = CIPHERS
+    supportedMACs = CLIENT_MACS
+    supportedKeyExchanges = CLIENT_KEY_EXCHANGES
+    supportedCompressions = COMPRESSIONS
+    supportedPublicKeys = HOST_KEY_ALGORITHMS
 
     def __init__(self, settings: _Settings, host: str, port: int):
         self.settings = settings
@@ -651,12 +660,24 @@ class SSHClientConnection:
             self._closed.callback(None)
 
 
+class _HostSlots:
+    """How many connections to one host may be open, and how many of them
+    may be in their handshake, at once."""
+
+    def __init__(self, connections: int, handshakes: int):
+        self.connections = DeferredSemaphore(connections)
+        self.handshakes = DeferredSemaphore(handshakes)
+
+
 class SSHClient:
     """
     Connects to nodes with one identity key and one known_hosts file.
 
     ``clock`` (default: ``reactor``) drives the timeouts.  Each ``connect``
-    is an independent TCP connection, so many may run at once.
+    is an independent TCP connection, so many may run at once; to keep
+    under a server's limits, at most ``max_connections_per_host`` are open
+    to one host and port at once, at most ``max_handshakes_per_host`` of
+    them connecting and authenticating; more wait their turn.
     """
 
     def __init__(self, reactor: IReactorTCP, identity: keys.Key, known_hosts_path,
@@ -666,9 +687,16 @@ class SSHClient:
                  window_size: int = DEFAULT_WINDOW_SIZE,
                  max_packet: int = DEFAULT_MAX_PACKET,
                  max_output: int = DEFAULT_MAX_OUTPUT,
-                 clock: Optional[IReactorTime] = None):
+                 clock: Optional[IReactorTime] = None,
+                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST,
+                 max_handshakes_per_host: int = DEFAULT_MAX_HANDSHAKES_PER_HOST):
         if identity.isPublic():
             raise ValueError("the identity must be a private key")
+        if max_connections_per_host < 1 or max_handshakes_per_host < 1:
+            raise ValueError("at least one connection and one handshake per host")
+        self._max_connections_per_host = max_connections_per_host
+        self._max_handshakes_per_host = max_handshakes_per_host
+        self._slots: Dict[Tuple[str, int], _HostSlots] = {}
         self._settings = _Settings(
             # Without a clock of its own, the reactor is the clock.
             reactor=reactor,
@@ -682,22 +710,54 @@ class SSHClient:
     def identity_fingerprint(self) -> str:
         return fingerprint(self._settings.identity)
 
+    def _host_slots(self, host: str, port: int) -> _HostSlots:
+        slots = self._slots.get((host, port))
+        if slots is None:
+            slots = self._slots[(host, port)] = _HostSlots(
+                self._max_connections_per_host, self._max_handshakes_per_host)
+        return slots
+
     def connect(self, host: str, port: int) -> Deferred:
-        """Fire with an ``SSHClientConnection`` once authenticated."""
+        """
+        Fire with an ``SSHClientConnection`` once authenticated.  The connect
+        timeout runs from when this connection may be opened (it may wait
+        for one of ours to the same host to close first).
+        """
+        slots = self._host_slots(host, port)
+
+        async def connect():
+            await slots.connections.acquire()
+            try:
+                connection = await self._handshake(host, port, slots)
+            except BaseException:
+                slots.connections.release()
+                raise
+            connection.when_closed().addCallback(
+                lambda _: slots.connections.release())
+            return connection
+        return Deferred.fromCoroutine(connect())
+
+    def _handshake(self, host: str, port: int, slots: _HostSlots) -> Deferred:
+        """TCP, key exchange, authentication: an ``SSHClientConnection``."""
         settings = self._settings
         endpoint = HostnameEndpoint(settings.reactor, host.encode("idna"), port,
                                     timeout=max(1, int(settings.connect_timeout or 30)))
 
-        async def connect():
+        async def handshake():
+            await slots.handshakes.acquire()
             try:
                 protocol = await endpoint.connect(_ClientFactory(settings, host, port))
+                return await cast(_ClientTransport, protocol).ready
             except (CancelledError, ConnectingCancelledError):
                 raise CancelledError()
+            except SSHError:
+                raise
             except Exception as e:
                 raise ConnectFailed(host, port, "cannot connect: %s" % (e,))
-            return await cast(_ClientTransport, protocol).ready
+            finally:
+                slots.handshakes.release()
 
-        d = Deferred.fromCoroutine(connect())
+        d = Deferred.fromCoroutine(handshake())
         if settings.connect_timeout:
             timeout = settings.connect_timeout
 

@@ -22,6 +22,13 @@ class ICommand(Interface):
         "A collection of role names (``OPERATOR``, ``PEER``) allowed to run "
         "this command; anyone else is refused before ``run`` is called.")
 
+    large_input = Attribute(
+        "Optional, default False: True for a command that streams a large "
+        "stdin (``receive``, ``apply``).  Its session's receive window is "
+        "widened from the server's small initial window to the full one "
+        "once it reads stdin; any other command's stdin is held to the "
+        "small window.")
+
     def run(role, args, session):
         """
         Start the command.

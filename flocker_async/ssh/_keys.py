@@ -211,23 +211,26 @@ def check_known_host(path: PathLike, host: str, port: int, key: keys.Key,
     """
     Look ``key`` up for ``host``/``port`` in the known_hosts file at ``path``
     (a missing file trusts nothing).  Both ``[host]:port`` (OpenSSH's form
-    for a port other than 22) and a plain ``host`` entry are honoured; hashed
-    entries work too.  ``exact`` honours only the first form.
+    for a port other than 22) and a plain ``host`` entry trust a key they
+    list; hashed entries work too.  ``exact`` honours only the first form.
+    A plain entry is the key of the host's port 22 (its sshd), so on
+    another port a plain entry with a different key is no conflict: the
+    key is merely unknown there.
     """
     key = key.public()
-    names = {known_hosts_name(host, port).encode("utf-8")}
-    if not exact:
-        names.add(host.encode("utf-8"))
+    own_name = known_hosts_name(host, port).encode("utf-8")
+    plain_name = host.encode("utf-8")
     known = KnownHostsFile.fromPath(FilePath(_path(path)))
     conflicts = []
     for number, entry in enumerate(known.iterentries(), 1):
         key_type = getattr(entry, "keyType", None)
         if key_type != key.sshType():
             continue
-        if not any(entry.matchesHost(name) for name in names):
-            continue
-        if entry.matchesKey(key):
+        if entry.matchesHost(own_name):
+            if entry.matchesKey(key):
+                return HostKeyStatus(trusted=True)
+            conflicts.append(number)
+        elif not exact and entry.matchesHost(plain_name) and entry.matchesKey(key):
             return HostKeyStatus(trusted=True)
-        conflicts.append(number)
     return HostKeyStatus(trusted=False, conflicting_lines=tuple(conflicts))
 

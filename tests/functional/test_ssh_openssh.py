@@ -151,6 +151,55 @@ class OpenSSHClientTests(TestCase):
         self.assertIn(b"Host key verification failed", stderr)
         self.assertEqual(self.server.log.calls, [])
 
+    async def test_modern_algorithms_negotiated(self):
+        """
+        OpenSSH's defaults meet ours on a CTR cipher and an SHA-2 MAC, with
+        no compression (issue 17, point 11).
+        """
+        status, stdout, stderr = await self.ssh(["version"], options=["-v"])
+        self.assertEqual((status, stdout), (0, VERSION), stderr)
+        text = stderr.decode("utf-8", "replace")
+        for direction in ("server->client", "client->server"):
+            [line] = [l for l in text.splitlines()
+                      if "kex: %s cipher:" % (direction,) in l]
+            self.assertRegex(line, r"cipher: aes(128|192|256)-ctr MAC: "
+                                   r"hmac-sha2-(256|512) compression: none")
+        [kex] = [l for l in text.splitlines() if "kex: algorithm:" in l]
+        self.assertNotIn("sha1", kex)
+
+    async def test_removed_algorithms_refused(self):
+        """
+        An OpenSSH client told to use only what we removed (CBC ciphers,
+        MD5/SHA-1 MACs, SHA-1 key exchanges) finds nothing in common.
+        """
+        for option in ("Ciphers=aes128-cbc,aes256-cbc,3des-cbc",
+                       "MACs=hmac-sha1,hmac-md5",
+                       "KexAlgorithms=diffie-hellman-group14-sha1,"
+                       "diffie-hellman-group-exchange-sha1,diffie-hellman-group1-sha1"):
+            status, stdout, stderr = await self.ssh(["version"], options=["-o", option])
+            self.assertEqual((status, stdout), (255, b""), option)
+            self.assertIn(b"no matching", stderr, option)
+        self.assertEqual(self.server.log.calls, [])
+
+    async def test_rsa_operator_key(self):
+        """
+        An operator's RSA key logs in with OpenSSH (8.8 and later offer RSA
+        keys only to servers that advertise rsa-sha2 signatures).
+        """
+        if shutil.which("ssh-keygen") is None:
+            raise SkipTest("ssh-keygen is not installed")
+        path = os.path.join(self.server.directory, "rsa")
+        await run_process(reactor, ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048",
+                                    "-N", "", "-f", path])
+        with open(path + ".pub") as f:
+            rsa = ssh.parse_public_keys(f.read())
+        self.server.authorizer.set_keys(ssh.OPERATOR,
+                                        [self.server.operator_key] + rsa)
+        status, stdout, stderr = await self.ssh(["version"], key="rsa",
+                                                options=["-v"])
+        self.assertEqual((status, stdout), (0, VERSION), stderr)
+        self.assertRegex(stderr.decode(), r"server-sig-algs=<[^>]*rsa-sha2-512")
+
     async def test_fingerprint_matches_ssh_keygen(self):
         """fingerprint() prints what ssh-keygen -l prints for the same key."""
         if shutil.which("ssh-keygen") is None:

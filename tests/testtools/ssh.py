@@ -73,6 +73,13 @@ class _MemoryTransport(FakeTransport):
 
     aborted = False
     reading_paused = False
+    tcp_keepalive = False
+
+    def setTcpKeepAlive(self, enabled):
+        self.tcp_keepalive = bool(enabled)
+
+    def getTcpKeepAlive(self):
+        return self.tcp_keepalive
 
     def abortConnection(self):
         self.stream = []
@@ -394,6 +401,13 @@ class MemoryTCPNetwork(MemoryReactorClock):
     def connections(self):
         """The open connections as ``(client address, server address)`` pairs."""
         return [(link.client_address, link.server_address) for link in self._links]
+
+    def server_protocols(self, host=None, port=None):
+        """The server-side protocols of the open connections (to ``host``:``port``
+        if given), e.g. an SSH server's transports, to inspect what they hold."""
+        return [link.server_io.protocol for link in self._links
+                if host in (None, link.server_address.host)
+                and port in (None, link.server_address.port)]
 
     # Faults.
 
@@ -731,7 +745,8 @@ def make_commands(log: CommandLog):
         "fail": Command(both, fail),
         "crash": Command(both, crash),
         "hang": Command(both, hang),
-        "receive": Command({PEER}, receive),
+        # As the node's receive: its window widens once it streams stdin.
+        "receive": Command({PEER}, receive, large_input=True),
         "upper": Command({OPERATOR}, upper),
         "produce": Command({OPERATOR}, produce),
     }
@@ -749,7 +764,7 @@ class SSHServerFixture:
 
     def __init__(self, testcase, directory, window_size=ssh.DEFAULT_WINDOW_SIZE,
                  max_packet=ssh.DEFAULT_MAX_PACKET, reactor=global_reactor,
-                 host="127.0.0.1", port=4522):
+                 host="127.0.0.1", port=4522, limits=None):
         self.testcase = testcase
         self.reactor = reactor
         self.directory = directory
@@ -765,9 +780,11 @@ class SSHServerFixture:
         self.authorizer = ssh.KeyAuthorizer({OPERATOR: [self.operator_key],
                                              PEER: [self.peer_key]})
         self.log = CommandLog(reactor)
+        # ``limits``: an ssh.ServerLimits; None keeps the server's defaults.
+        extra = {} if limits is None else {"limits": limits}
         self.factory = ssh.make_ssh_factory(
             reactor, self.host_key, self.authorizer, make_commands(self.log),
-            window_size=window_size, max_packet=max_packet)
+            window_size=window_size, max_packet=max_packet, **extra)
 
     def listen(self):
         """Serve in memory (the reactor is a ``MemoryTCPNetwork``)."""

@@ -14,6 +14,7 @@ import json
 import os
 
 from hypothesis import HealthCheck, given, settings, strategies as st
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from flocker_async import deploy as deploy_lib
@@ -32,7 +33,9 @@ from flocker_async.ssh import (
 )
 from flocker_async.volume import VolumeName
 
+from .test_node_plugin import UNIT, parse_unit
 from .test_node_service import A, B, WEB, InMemoryNodes
+from .test_ssh import RawSession
 
 NOT_ALLOWED = 126  # the SSH server's status for a command refused to a role
 
@@ -284,3 +287,49 @@ class HostileClientTests(InMemoryNodes, SynchronousTestCase):
                                    "rows"), "rb") as f:
                 self.assertEqual(f.read(), b"1\n", what)
             self.assert_still_serving()
+
+
+class ChannelMemoryTests(InMemoryNodes, SynchronousTestCase):
+    """Issue 17, point 4, against the node command set."""
+
+    def test_twelve_sessions_pin_little(self):
+        """
+        A peer key opens 12 sessions on one connection and sends 8 MiB of
+        stdin on each before any exec: the node takes at most 10 sessions
+        and holds at most their small initial window (64 KiB) of stdin each,
+        640 KiB in all (it held a full 8 MiB window per session: 96 MiB).
+        """
+        peer = generate_key()
+        self.nodes[A].authorizer.set_keys(PEER, [peer])
+        connection = self.drive(self.client_with(peer).connect(A, self.port))
+        results = []
+        for _ in range(12):
+            RawSession.open_on(connection).addBoth(results.append)
+        self.net.pump()
+        sessions = [r for r in results if isinstance(r, RawSession)]
+        refused = [r for r in results if isinstance(r, Failure)]
+        for session in sessions:
+            session.write(b"x" * (8 * 1024 * 1024))
+        self.net.pump()
+        pinned = sum(channel.stdin.buffered
+                     for transport in self.net.server_protocols(A, self.port)
+                     for channel in transport.service.channels.values())
+        report = "%d bytes of stdin pinned by %d sessions" % (pinned, len(sessions))
+        self.assertEqual((len(sessions), len(refused)), (10, 2), report)
+        self.assertEqual(pinned, 10 * 64 * 1024, report)
+        # The node still serves, on this connection once a session is closed.
+        connection._conn.sendClose(sessions[0])  # its unsent stdin dropped
+        self.net.pump()
+        result = self.drive(connection.run(["version"]))
+        self.assertTrue(result.stdout.startswith(b"flocker-node "))
+
+
+class OpenFilesLimitTests(SynchronousTestCase):
+    def test_unit_raises_the_open_files_limit(self):
+        """
+        Issue 17, point 1: the systemd unit gives the daemon room for many
+        connections beside its zfs, iptables and docker pipes (the default
+        soft limit is 1,024).
+        """
+        service = dict(parse_unit(UNIT)["Service"])
+        self.assertGreaterEqual(int(service["LimitNOFILE"]), 65536)

@@ -10,7 +10,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.ssh import keys
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from flocker_async.config import ConfigurationError, Problem
 from flocker_async.node._config import (
@@ -288,6 +288,34 @@ class IntervalTests(ProblemsMixin, TestCase):
                 "convergence_interval", "expected a number of seconds")
 
 
+class LoginTimeoutTests(ProblemsMixin, TestCase):
+    """login_timeout: seconds an SSH client has to authenticate (issue 17)."""
+
+    def test_default(self):
+        self.assertEqual(parse("address: 10.0.0.1\n").login_timeout, 30.0)
+
+    def test_numbers(self):
+        config = parse("address: 10.0.0.1\nlogin_timeout: 10\n")
+        self.assertEqual(config.login_timeout, 10.0)
+        self.assertIsInstance(config.login_timeout, float)
+        self.assertEqual(parse("address: 10.0.0.1\nlogin_timeout: 2.5\n")
+                         .login_timeout, 2.5)
+
+    def test_not_positive(self):
+        for value in ("0", "-1"):
+            self.assertOneProblem("address: 10.0.0.1\nlogin_timeout: %s\n" % (value,),
+                                  "login_timeout", "positive number of seconds")
+
+    def test_not_a_number(self):
+        for value in ("'10'", "true", ".inf", "[1]"):
+            self.assertOneProblem("address: 10.0.0.1\nlogin_timeout: %s\n" % (value,),
+                                  "login_timeout", "expected a number of seconds")
+
+    def test_too_long(self):
+        self.assertOneProblem("address: 10.0.0.1\nlogin_timeout: 3601\n",
+                              "login_timeout", "at most 3600 seconds")
+
+
 class ListenAddressTests(ProblemsMixin, TestCase):
     def test_any(self):
         self.assertEqual(parse("address: 10.0.0.1\nlisten_address: '::'\n")
@@ -522,6 +550,52 @@ class OperatorKeysTests(TestCase):
         self.assertEqual(caught.exception.problems,
                          (Problem(path, "", "is a directory, expected an "
                                             "authorized_keys-style file"),))
+
+
+class OperatorKeysFileModeTests(TestCase):
+    """
+    Issue 17, point 10: an operator keys file others could write is
+    refused, as OpenSSH refuses such an authorized_keys file.
+    """
+
+    def keys_file(self, mode):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(line(ED25519) + "\n")
+        os.chmod(path, mode)
+        return path
+
+    def refusal(self, path):
+        with self.assertRaises(ConfigurationError) as caught:
+            load_operator_keys(path)
+        [problem] = caught.exception.problems
+        self.assertEqual(problem.file, path)
+        return problem.message
+
+    def test_private_and_readable_accepted(self):
+        for mode in (0o600, 0o644, 0o400, 0o444):
+            self.assertEqual(load_operator_keys(self.keys_file(mode)), (ED25519,))
+
+    def test_group_writable(self):
+        path = self.keys_file(0o664)
+        message = self.refusal(path)
+        self.assertIn("writable by its group", message)
+        self.assertIn("chmod go-w %s" % (path,), message)
+
+    def test_world_writable(self):
+        path = self.keys_file(0o646)
+        message = self.refusal(path)
+        self.assertIn("writable by other users", message)
+        self.assertIn("chmod go-w %s" % (path,), message)
+
+    def test_owned_by_another_user(self):
+        if os.geteuid() != 0:
+            raise SkipTest("changing a file's owner needs root")
+        path = self.keys_file(0o644)
+        os.chown(path, 65534, -1)
+        message = self.refusal(path)
+        self.assertIn("owned by uid 65534", message)
+        self.assertIn("chown root %s" % (path,), message)
 
 
 class ToolkitTests(TestCase):

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
     IReactorPluggableNameResolver, IReactorTCP, IReactorTime)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -135,6 +135,25 @@ class KeyFileTests(SynchronousTestCase):
             f.write("10.0.0.3 " + ssh.public_key_line(key) + "\n")
         self.assertTrue(ssh.check_known_host(path, "10.0.0.3", 4522, key).trusted)
         self.assertEqual(ssh.known_hosts_line("h", 22, key).split()[0], "h")
+
+    def test_plain_entry_is_port_22s(self):
+        """
+        A plain ``host`` entry is the key of the host's port 22 (its sshd):
+        a different key on 4522 is unknown there, not a changed key; on
+        port 22 it is a conflict.
+        """
+        path = self.mktemp()
+        sshd, node = ssh.generate_key(), ssh.generate_key()
+        with open(path, "w") as f:
+            f.write("10.0.0.1 " + ssh.public_key_line(sshd) + "\n")
+        status = ssh.check_known_host(path, "10.0.0.1", 4522, node)
+        self.assertEqual((status.trusted, status.conflicting_lines), (False, ()))
+        status = ssh.check_known_host(path, "10.0.0.1", 22, node)
+        self.assertEqual((status.trusted, status.conflicting_lines), (False, (1,)))
+        # A [host]:port entry still conflicts on its own port.
+        ssh.add_known_host(path, "10.0.0.1", 4522, sshd)
+        status = ssh.check_known_host(path, "10.0.0.1", 4522, node)
+        self.assertEqual((status.trusted, status.conflicting_lines), (False, (2,)))
 
     def test_key_authorizer(self):
         """KeyAuthorizer maps keys to roles and follows set_keys at run time."""
@@ -348,11 +367,12 @@ class CommandTests(SSHTestCase):
         self.flushLoggedErrors(ssh.StdinTooLarge)
 
     def test_concurrent_connections(self):
-        """Twenty connections, each running commands at the same time."""
+        """Twenty connections of one client, each running commands at the same time."""
         server = self.start_server()
+        client = server.client()
 
         async def one(n):
-            connection = await server.connect()
+            connection = await client.connect(server.host, server.port)
             results = await gatherResults([
                 connection.run(["echo", str(n), str(i)]) for i in range(3)])
             await connection.close()
@@ -427,6 +447,13 @@ class RawSession(SSHChannel):
         connection._conn.openChannel(channel, extra)
         await channel.opened
         return channel
+
+    @classmethod
+    def open_on(cls, connection):
+        """Open a session on an existing ``SSHClientConnection``."""
+        channel = cls(conn=connection._conn)
+        connection._conn.openChannel(channel)
+        return channel.opened
 
     def channelOpen(self, data):
         self.opened.callback(self)
@@ -622,12 +649,20 @@ class AuthenticationTests(SSHTestCase):
 
     def test_login_timeout_on_the_injected_clock(self):
         """
-        A client that never authenticates is disconnected after the login
-        timeout, counted on the server's reactor.
+        A client that asks for ssh-userauth and never tries a method is
+        disconnected at the login deadline (counted from the TCP connection,
+        on the server's reactor), and conch's own login timer, started at
+        ssh-userauth, runs on that reactor too.
         """
         server = self.start_server()
+        deadline = ssh.ServerLimits().login_timeout
         transport = self.connect_with(server, SilentAuth)
-        self.net.wait(_server._UserAuthServer.loginTimeout - 1)
+        [server_transport] = self.net.server_protocols()
+        userauth = server_transport.service
+        self.assertIsInstance(userauth, _server._UserAuthServer)
+        self.assertIs(userauth.clock, self.net)
+        self.assertLessEqual(userauth.loginTimeout, deadline)
+        self.net.wait(deadline - 1)
         self.assertNoResult(transport.ready)
         self.assertEqual(len(self.net.connections), 1)
         self.net.wait(1)
@@ -668,6 +703,22 @@ class HostKeyTests(SSHTestCase):
         self.assertIn(ssh.fingerprint(server.host_key), str(e))
         self.assertIn("line 2", str(e))
         self.assertEqual(server.log.calls, [])
+
+    def test_plain_sshd_entry_is_not_a_changed_key(self):
+        """
+        The node's sshd key under its plain address (port 22) does not make
+        the first contact on our port say "HOST KEY CHANGED": the key is
+        unknown, with the line to add.
+        """
+        server = self.start_server()
+        sshd = ssh.generate_key()
+        with open(server.known_hosts, "w") as f:
+            f.write("127.0.0.1 " + ssh.public_key_line(sshd) + "\n")
+        e = self.assert_fails(server.run(["version"]), ssh.UnknownHostKey)
+        self.assertNotIsInstance(e, ssh.HostKeyMismatch)
+        self.assertNotIn("HOST KEY CHANGED", str(e))
+        self.assertIn(e.line, str(e))
+        self.assertTrue(e.line.startswith("[127.0.0.1]:%d " % (server.port,)))
 
 
 class StreamingTests(SSHTestCase):
@@ -941,6 +992,462 @@ class TimeoutTests(SSHTestCase):
         e = self.assert_fails(server.connect(connect_timeout=10), ssh.SSHError)
         self.assertEqual(self.net.seconds(), started + 10)
         self.assertIn("127.0.0.1:%d" % (server.port,), str(e))
+
+
+class Stalling(Protocol):
+    """
+    A client that sends ``greeting`` (perhaps nothing) and then nothing
+    more: it never finishes key exchange, let alone authentication.
+    """
+
+    def __init__(self, greeting=b""):
+        self.greeting = greeting
+        self.received = b""
+        self.lost = None
+
+    def connectionMade(self):
+        if self.greeting:
+            self.transport.write(self.greeting)
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+
+STALLS = {
+    "silent": b"",
+    "half a version line": b"SSH-2.0-x",
+    "in key exchange": b"SSH-2.0-stall\r\n",
+}
+
+
+class LimitsTestCase(SSHTestCase):
+    def stall(self, source="10.0.0.5", greeting=b""):
+        """A connection from ``source`` that stalls; fires with its ``Stalling``."""
+        endpoint = TCP4ClientEndpoint(self.net.host(source), self.server.host,
+                                      self.server.port)
+        return endpoint.connect(Factory.forProtocol(lambda: Stalling(greeting)))
+
+    def stall_many(self, sources, greeting=b""):
+        return [self.net.run(self.stall(source, greeting)) for source in sources]
+
+    def assert_refused(self, source="10.0.0.5"):
+        self.assertRaises(ConnectionRefusedError, self.net.run, self.stall(source))
+
+
+class ServerLimitsTests(SynchronousTestCase):
+    def test_defaults(self):
+        """The documented defaults (README, Security)."""
+        limits = ssh.ServerLimits()
+        self.assertEqual(
+            (limits.login_timeout, limits.max_unauthenticated,
+             limits.max_unauthenticated_per_address, limits.max_sessions,
+             limits.max_connections_per_key, limits.initial_window_size,
+             limits.refusals_logged_per_minute),
+            (30, 64, 10, 10, 32, 64 * 1024, 20))
+
+    def test_invalid(self):
+        """Limits are positive numbers."""
+        for name in ("login_timeout", "max_unauthenticated", "max_sessions",
+                     "max_unauthenticated_per_address", "max_connections_per_key",
+                     "initial_window_size"):
+            self.assertRaises(ValueError, ssh.ServerLimits, **{name: 0})
+
+
+class LoginDeadlineTests(LimitsTestCase):
+    """Issue 17, point 1: unauthenticated connections end at a deadline."""
+
+    def test_stalled_connections_closed_at_the_deadline(self):
+        """
+        Silent, half a version line, stalled in key exchange: each is closed
+        30 s after it connected, not a moment before.
+        """
+        self.start_server()
+        stalled = {}
+        for number, (what, greeting) in enumerate(sorted(STALLS.items()), 5):
+            stalled[what] = self.net.run(self.stall("10.0.0.%d" % (number,), greeting))
+        self.assertTrue(stalled["in key exchange"].received.startswith(b"SSH-2.0-"))
+        self.net.wait(29.5)
+        for what, client in stalled.items():
+            self.assertIsNone(client.lost, what)
+        self.net.wait(0.5)
+        for what, client in stalled.items():
+            self.assertIsNotNone(client.lost, what)
+        self.assertEqual(self.net.connections, [])
+
+    def test_deadline_configurable(self):
+        """The deadline is the factory's, on the injected clock."""
+        self.start_server(limits=ssh.ServerLimits(login_timeout=5))
+        client = self.net.run(self.stall())
+        self.net.wait(4.9)
+        self.assertIsNone(client.lost)
+        self.net.wait(0.1)
+        self.assertIsNotNone(client.lost)
+
+    def test_authentication_cancels_the_deadline(self):
+        """An authenticated connection outlives the deadline, idle or not."""
+        server = self.start_server()
+        connection = self.net.run(server.connect())
+        self.net.wait(3 * ssh.ServerLimits().login_timeout)
+        result = self.net.run(connection.run(["version"]))
+        self.assertEqual(result.stdout, VERSION)
+        self.assertTrue(connection.connected)
+
+    def test_deadline_logged(self):
+        """A closed connection is logged with its address and the deadline."""
+        self.start_server(limits=ssh.ServerLimits(login_timeout=5))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.net.run(self.stall("10.0.0.8"))
+        self.net.wait(5)
+        [event] = [e for e in events if e.get("log_format", "").startswith(
+            "ssh login deadline")]
+        self.assertEqual((event["address"], event["seconds"]), ("10.0.0.8", 5))
+
+
+class UnauthenticatedLimitTests(LimitsTestCase):
+    """Issue 17, point 1: at most so many unauthenticated connections."""
+
+    def test_per_address(self):
+        """
+        The 11th unauthenticated connection from one address is refused;
+        another address is served meanwhile, and a slot that frees is
+        usable again.
+        """
+        server = self.start_server()
+        held = self.stall_many(["10.0.0.5"] * 10)
+        self.assert_refused("10.0.0.5")
+        self.assertEqual(self.net.run(server.run(["version"])).stdout, VERSION)
+        held[0].transport.loseConnection()
+        self.net.pump()
+        self.net.run(self.stall("10.0.0.5"))
+        self.assert_refused("10.0.0.5")
+
+    def test_in_total(self):
+        """
+        64 unauthenticated connections in all, whatever their addresses; the
+        deadline frees the slots.
+        """
+        server = self.start_server()
+        self.stall_many(["10.0.1.%d" % (n,) for n in range(1, 65)])
+        self.assert_refused("10.0.2.1")
+        self.assert_fails(server.connect(), ssh.ConnectFailed)
+        self.net.wait(ssh.ServerLimits().login_timeout)
+        self.assertEqual(self.net.connections, [])
+        self.assertEqual(self.net.run(server.run(["version"])).stdout, VERSION)
+
+    def test_authenticated_connections_do_not_count(self):
+        """Once authenticated, a connection leaves the unauthenticated count."""
+        server = self.start_server(limits=ssh.ServerLimits(
+            max_unauthenticated_per_address=2))
+        connections = [self.net.run(server.connect()) for _ in range(4)]
+        self.stall_many(["127.0.0.1"] * 2)
+        self.assert_refused("127.0.0.1")
+        for connection in connections:
+            self.assertEqual(self.net.run(connection.run(["version"])).stdout,
+                             VERSION)
+
+    def test_refusals_logged(self):
+        """A refused connection is logged (rate-limited) with its address."""
+        self.start_server(limits=ssh.ServerLimits(max_unauthenticated_per_address=1))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.net.run(self.stall("10.0.0.5"))
+        self.assert_refused("10.0.0.5")
+        [event] = [e for e in events if e.get("log_format", "").startswith(
+            "ssh connection refused")]
+        self.assertEqual(event["address"], "10.0.0.5")
+
+    def test_tcp_keepalive(self):
+        """Issue 17, point 3: accepted connections have TCP keepalive on."""
+        self.start_server()
+        self.net.run(self.stall())
+        [transport] = self.net.server_protocols()
+        self.assertTrue(transport.transport.tcp_keepalive)
+
+
+class ChannelLimitTests(LimitsTestCase):
+    """Issue 17, point 4: sessions, connections per key, window sizes."""
+
+    def test_sessions_per_connection(self):
+        """
+        Ten sessions on one connection; the eleventh is refused as a
+        resource shortage, saying why; a closed one frees its slot.
+        """
+        server = self.start_server()
+        connection = self.net.run(server.connect())
+        sessions = [self.net.run(RawSession.open_on(connection)) for _ in range(10)]
+        e = self.assert_fails(RawSession.open_on(connection), ConchError)
+        self.assertEqual(e.data, conch_connection.OPEN_RESOURCE_SHORTAGE)
+        self.assertIn(b"at most 10 sessions", e.args[0])
+        sessions[0].loseConnection()
+        self.net.pump()
+        self.net.run(RawSession.open_on(connection))
+        self.assertEqual(self.net.run(server.run(["version"])).stdout, VERSION)
+
+    def test_connections_per_key(self):
+        """
+        A key may hold so many authenticated connections at once; one more
+        is refused, saying why; other keys are not affected; a closed
+        connection frees its slot.
+        """
+        server = self.start_server(limits=ssh.ServerLimits(max_connections_per_key=3))
+        connections = [self.net.run(server.connect()) for _ in range(3)]
+        e = self.assert_fails(server.connect(), ssh.AuthenticationRefused)
+        self.assertIn("too many connections for this key (at most 3)", str(e))
+        self.assertEqual(self.net.run(server.run(["version"], key=server.peer_key))
+                         .stdout, VERSION)
+        self.net.run(connections[0].close())
+        self.net.run(server.connect())
+        for connection in connections[1:]:
+            self.assertEqual(self.net.run(connection.run(["version"])).stdout,
+                             VERSION)
+
+    def server_channels(self):
+        return [channel for transport in self.net.server_protocols()
+                for channel in transport.service.channels.values()]
+
+    def test_small_window_for_commands_that_read_little(self):
+        """
+        Stdin sent to a command that never reads it is held to the small
+        initial window, whatever the connection's full window.
+        """
+        server = self.start_server(window_size=8 * 1024 * 1024)
+        connection = self.net.run(server.connect())
+        running = connection.run(["hang"], stdin=b"x" * (1024 * 1024))
+        self.net.run(server.log.wait_started("hang"))
+        self.net.pump()
+        self.assertEqual(server.log.sessions[0].stdin_buffered, 64 * 1024)
+        running.cancel()
+        self.failureResultOf(running, CancelledError)
+
+    def test_window_widened_for_large_input(self):
+        """
+        A command flagged large_input (receive) gets the full window once it
+        streams stdin: a stalled consumer then holds up to that window.
+        """
+        server = self.start_server(window_size=1024 * 1024)
+        self.assertTrue(server.factory.settings.commands["receive"].large_input)
+        self.assertFalse(server.factory.settings.commands["upper"].large_input)
+        server.log.stdin_consumer_factory = lambda: SlowConsumer(
+            clock=self.net, auto_resume=False)
+        connection = self.net.run(server.connect(key=server.peer_key))
+        running = connection.run(["receive", "v"], stdin=b"x" * (4 * 1024 * 1024))
+        self.net.run(server.log.wait_started("receive"))
+        self.net.pump()
+        session = server.log.sessions[0]
+        [channel] = self.server_channels()
+        self.assertEqual(channel.localWindowSize, 1024 * 1024)
+        self.assertGreater(session.stdin_buffered, 64 * 1024)
+        self.assertLessEqual(session.stdin_buffered, 1024 * 1024)
+        running.cancel()
+        self.failureResultOf(running, CancelledError)
+
+    def test_command_flag(self):
+        """Command(roles, run, help, large_input=False)."""
+        command = ssh.Command({OPERATOR}, lambda *a: 0, "help")
+        self.assertFalse(command.large_input)
+        self.assertTrue(ssh.Command({PEER}, lambda *a: 0, "h", large_input=True)
+                        .large_input)
+
+
+class RefusalLogTests(LimitsTestCase):
+    """Issue 17, point 5: what a refused client can put in the log."""
+
+    def setUp(self):
+        LimitsTestCase.setUp(self)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def logged(self, prefix):
+        return [e for e in self.events if e.get("log_format", "").startswith(prefix)]
+
+    def test_user_name_truncated_repr(self):
+        """
+        The refused key's user name is logged as a short repr: no terminal
+        escapes, not the whole name.
+        """
+        server = self.start_server()
+        name = "\x1b[2J\x1b]0;pwned\x07" + "A" * 186
+        self.assert_fails(server.run(["version"], key=server.stranger_key,
+                                     client_kwargs={"username": name}),
+                          ssh.AuthenticationRefused)
+        [event] = self.logged("ssh auth refused")
+        shown = event["username"]
+        self.assertLess(len(shown), 120)
+        self.assertNotIn("\x1b", shown)
+        self.assertIn("\\x1b[2J", shown)
+        self.assertIn("200 bytes", shown)
+        self.assertNotIn("\x1b", formatEvent(event))
+
+    def test_huge_user_name_disconnected(self):
+        """
+        A user name longer than any real one (here 100 KiB) is refused before
+        conch's own code sees it, logged truncated.
+        """
+        server = self.start_server()
+        self.assert_fails(server.run(["version"], key=server.stranger_key,
+                                     client_kwargs={"username": "B" * 100000}),
+                          ssh.AuthenticationRefused)
+        [event] = self.logged("ssh auth refused")
+        self.assertLess(len(event["username"]), 120)
+        for event in self.events:
+            self.assertLess(len(formatEvent(event)), 2000)
+
+    def test_refusals_rate_limited(self):
+        """
+        At most 20 refusal lines a minute; the rest are counted in one line
+        when the minute ends; the next minute logs again.
+        """
+        server = self.start_server()
+        for _ in range(30):
+            self.assert_fails(server.run(["version"], key=server.stranger_key),
+                              ssh.AuthenticationRefused)
+        self.assertEqual(len(self.logged("ssh auth refused")), 20)
+        self.assertEqual(self.logged("ssh refusals not logged"), [])
+        self.net.wait(60)
+        [summary] = self.logged("ssh refusals not logged")
+        self.assertEqual(summary["count"], 10)
+        self.assert_fails(server.run(["version"], key=server.stranger_key),
+                          ssh.AuthenticationRefused)
+        self.assertEqual(len(self.logged("ssh auth refused")), 21)
+
+
+REMOVED_CIPHERS = {b"3des-cbc", b"aes128-cbc", b"aes192-cbc", b"aes256-cbc",
+                   b"blowfish-cbc", b"cast128-cbc", b"arcfour", b"arcfour128",
+                   b"arcfour256"}
+REMOVED_MACS = {b"hmac-md5", b"hmac-sha1", b"hmac-md5-96", b"hmac-sha1-96"}
+REMOVED_KEX = {b"diffie-hellman-group1-sha1", b"diffie-hellman-group14-sha1",
+               b"diffie-hellman-group-exchange-sha1"}
+
+
+class AlgorithmTests(SSHTestCase):
+    """Issue 17, point 11: only modern algorithms, offered by both ends."""
+
+    def offered(self, transport):
+        return {"ciphers": set(transport.supportedCiphers),
+                "macs": set(transport.supportedMACs),
+                "kex": set(transport.supportedKeyExchanges),
+                "compressions": set(transport.supportedCompressions)}
+
+    def assert_modern(self, transport):
+        offered = self.offered(transport)
+        self.assertEqual(offered["ciphers"] & REMOVED_CIPHERS, set())
+        self.assertFalse([c for c in offered["ciphers"] if c.endswith(b"-cbc")])
+        self.assertEqual(offered["macs"] & REMOVED_MACS, set())
+        self.assertFalse([m for m in offered["macs"] if b"sha1" in m or b"md5" in m])
+        self.assertEqual(offered["kex"] & REMOVED_KEX, set())
+        self.assertFalse([k for k in offered["kex"] if k.endswith(b"sha1")])
+        self.assertEqual(offered["compressions"], {b"none"})
+        self.assertTrue({b"aes128-ctr", b"aes256-ctr"} <= offered["ciphers"])
+        self.assertTrue({b"hmac-sha2-256", b"hmac-sha2-512"} <= offered["macs"])
+        self.assertIn(b"curve25519-sha256", offered["kex"])
+
+    def test_server_offers(self):
+        server = self.start_server()
+        self.assert_modern(server.factory.buildProtocol(
+            IPv4Address("TCP", "10.0.0.5", 40000)))
+
+    def test_client_offers(self):
+        server = self.start_server()
+        transport = _client._ClientTransport(server.client()._settings,
+                                             server.host, server.port)
+        self.assert_modern(transport)
+        self.assertNotIn(b"ssh-dss", transport.supportedPublicKeys)
+        self.assertNotIn(b"ssh-rsa", transport.supportedPublicKeys)
+        self.assertIn(b"ssh-ed25519", transport.supportedPublicKeys)
+
+    def test_user_key_signatures_advertised(self):
+        """
+        server-sig-algs names the user key signatures the server verifies
+        (rsa-sha2 and the rest), not only its host key's algorithm.
+        """
+        server = self.start_server()
+        connection = self.net.run(server.connect())
+        advertised = connection._transport.peerExtensions[b"server-sig-algs"].split(b",")
+        self.assertTrue({b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256",
+                         b"ecdsa-sha2-nistp256"} <= set(advertised))
+        self.assertNotIn(b"ssh-rsa", advertised)
+        self.assertNotIn(b"ssh-dss", advertised)
+
+    def test_old_client_refused(self):
+        """A client offering only removed algorithms cannot connect."""
+        server = self.start_server()
+        for name, value in [("supportedCiphers", [b"aes128-cbc", b"3des-cbc"]),
+                            ("supportedMACs", [b"hmac-sha1", b"hmac-md5"]),
+                            ("supportedKeyExchanges",
+                             [b"diffie-hellman-group14-sha1",
+                              b"diffie-hellman-group-exchange-sha1"])]:
+            class Old(_client._ClientTransport):
+                pass
+            setattr(Old, name, value)
+            factory = _client._ClientFactory(server.client()._settings, server.host,
+                                             server.port)
+            factory.transport_class = Old
+            transport = self.net.run(
+                TCP4ClientEndpoint(self.net, server.host, server.port).connect(factory))
+            self.assert_fails(transport.ready, ssh.ConnectFailed)
+        self.assertEqual(self.net.run(server.run(["version"])).stdout, VERSION)
+
+
+class ClientPacingTests(SSHTestCase):
+    """Our client keeps under the server's limits instead of being refused."""
+
+    def test_handshakes_per_host(self):
+        """
+        Sixteen connections at once to a server taking 4 unauthenticated
+        ones per address: the client runs at most 4 handshakes at a time,
+        and every connection succeeds.
+        """
+        server = self.start_server(limits=ssh.ServerLimits(
+            max_unauthenticated_per_address=4))
+        client = server.client()
+        connections = self.net.run(gatherResults(
+            [client.connect(server.host, server.port) for _ in range(16)]))
+        self.assertEqual(len(connections), 16)
+        self.assertEqual(self.net.run(connections[-1].run(["version"])).stdout,
+                         VERSION)
+
+    def test_connections_per_host(self):
+        """
+        Beyond max_connections_per_host open connections to one host, a
+        connect waits for one to close (its connect timeout not yet running).
+        """
+        server = self.start_server()
+        client = server.client(max_connections_per_host=2, connect_timeout=5)
+        first, second = [self.net.run(client.connect(server.host, server.port))
+                         for _ in range(2)]
+        waiting = client.connect(server.host, server.port)
+        self.net.wait(60)
+        self.assertNoResult(waiting)
+        self.net.run(first.close())
+        third = self.net.run(waiting)
+        self.assertEqual(self.net.run(third.run(["version"])).stdout, VERSION)
+        self.assertEqual(self.net.run(second.run(["version"])).stdout, VERSION)
+
+    def test_waiting_connect_cancelled(self):
+        """A connect waiting for a slot can be cancelled; the slot queue moves on."""
+        server = self.start_server()
+        client = server.client(max_connections_per_host=1)
+        first = self.net.run(client.connect(server.host, server.port))
+        waiting = client.connect(server.host, server.port)
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.net.run(first.close())
+        self.net.run(client.connect(server.host, server.port))
+
+    def test_default_under_the_servers_limits(self):
+        """The client's defaults stay under the server's."""
+        limits = ssh.ServerLimits()
+        self.assertLess(_client.DEFAULT_MAX_HANDSHAKES_PER_HOST,
+                        limits.max_unauthenticated_per_address)
+        self.assertLess(_client.DEFAULT_MAX_CONNECTIONS_PER_HOST,
+                        limits.max_connections_per_key)
 
 
 class MemoryTCPNetworkTests(SynchronousTestCase):
