@@ -6,7 +6,7 @@ no flocker-deploy running.
 Each round takes one snapshot and pushes it to every standby that is due
 (incrementally from the newest snapshot both hold, so a round cut at any
 point is resumed by the next from the last common snapshot), then prunes
-the snapshots no standby nor any other holder of a copy still needs.  A
+the snapshots no standby still needs.  A
 volume being moved is never replicated: the convergence pauses it (and
 cancels a round in flight) for the duration of the move.
 """
@@ -211,15 +211,16 @@ class Replicator(Service):
         await self._prune(name)
 
     async def _prune(self, name: str) -> None:
-        """Prune what no standby, and no other node known to hold a copy,
-        still needs; if one of them cannot say, prune nothing this time."""
+        """Prune what no standby still needs; if one cannot say, prune
+        nothing this time.  Other holders of an old copy (the old owner
+        after a move) do not count: they never receive again, so waiting
+        for them kept one snapshot more every round, for ever; a later
+        push to them is a full one if nothing is left in common."""
         deployer = self.deployer
         request = self.desired()
         if request is None:
             return
         holders: Set[str] = set(request.deployment.standbys_of(name))
-        holders |= {n.hostname for n in request.cluster.nodes
-                    if n.volume(name) is not None}
         holders -= {deployer.hostname} | set(request.down)
         volume = VolumeName(name)
         commons = []
