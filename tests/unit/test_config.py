@@ -985,7 +985,10 @@ class PropertyTests(TestCase):
             json.loads(json.dumps(deployment_to_document(deployment))),
             json.loads(json.dumps(applications_to_document(apps)))), deployment)
 
-    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+    # No deadline: on a loaded machine a first call over 200 ms made
+    # hypothesis report a flaky failure.
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow],
+              deadline=None)
     @given(documents, documents)
     def test_arbitrary_documents(self, app_doc, dep_doc):
         for a, d in [(app_doc, dep_doc),
@@ -1004,7 +1007,7 @@ class PropertyTests(TestCase):
                 for p in e.problems:
                     self.assertIsInstance(p.message, str)
 
-    @settings(max_examples=300)
+    @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=200), st.binary(max_size=200))
     def test_arbitrary_bytes(self, app, dep):
         try:
@@ -1054,7 +1057,7 @@ class ValidateCommandTests(TestCase):
         for flag in ("--validate", "--version", "--help"):
             self.assertIn(flag, text)
 
-    @settings(max_examples=100)
+    @settings(max_examples=100, deadline=None)
     @given(st.binary(max_size=300))
     def test_never_a_traceback(self, data):
         path = self.mktemp()
