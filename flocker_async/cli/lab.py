@@ -7,6 +7,7 @@ acceptance tests and the benchmarks.
     flocker-lab exec NODE -- CMD...
     flocker-lab kill-daemon NODE | start-daemon NODE
     flocker-lab power-off NODE | power-on NODE | partition NODE | heal NODE
+    flocker-lab kill-dockerd NODE | start-dockerd NODE | restart-zfs
 """
 
 from __future__ import annotations
@@ -190,6 +191,29 @@ class HealOptions(_NodeOptions):
                 "powered-off node's link stays down until power-on.")
 
 
+class KillDockerdOptions(_NodeOptions):
+    synopsis = "Usage: flocker-lab kill-dockerd NODE"
+    longdesc = ("SIGKILL NODE's dockerd, as a crash would: its containerd "
+                "goes with it; the containers keep running until "
+                "start-dockerd.")
+
+
+class StartDockerdOptions(_NodeOptions):
+    synopsis = "Usage: flocker-lab start-dockerd NODE"
+    longdesc = ("Start NODE's dockerd unless it runs, as systemd would after "
+                "a crash: what the old one left (containers, shims, mounts) "
+                "goes first; flocker-node and what it started keep running.")
+
+
+class RestartZFSOptions(_Options):
+    synopsis = "Usage: flocker-lab restart-zfs"
+    longdesc = ("Restart this machine's zfs-fuse now (it serves every pool "
+                "on the machine): SIGKILL it, unmount its dead mounts, start "
+                "it, mount every file system again.  File systems in use "
+                "meanwhile fail; 'up' does this only when it stopped "
+                "answering.")
+
+
 class LabOptions(_Options):
     synopsis = "Usage: flocker-lab COMMAND [options]"
     longdesc = ("A flocker_async cluster on this machine: network namespaces "
@@ -211,6 +235,11 @@ class LabOptions(_Options):
         ["partition", None, PartitionOptions,
          "Take a node's link down; everything on it keeps running."],
         ["heal", None, HealOptions, "Bring a partitioned node's link up again."],
+        ["kill-dockerd", None, KillDockerdOptions, "SIGKILL a node's dockerd."],
+        ["start-dockerd", None, StartDockerdOptions,
+         "Start a node's dockerd after a crash."],
+        ["restart-zfs", None, RestartZFSOptions,
+         "Restart the machine's zfs-fuse (every pool's file systems)."],
     ]
 
     def postOptions(self):
@@ -296,6 +325,22 @@ def run_command(options: LabOptions, lab: Lab, out: TextIO, err: TextIO) -> int:
             _daemon_failures(e, err)
             return EXIT_FAILED
         out.write("flocker-node on %s is up\n" % (sub["node"],))
+        return EXIT_OK
+    if command == "kill-dockerd":
+        if lab.kill_dockerd(sub["node"]):
+            out.write("killed dockerd on %s\n" % (sub["node"],))
+        else:
+            out.write("dockerd on %s was not running\n" % (sub["node"],))
+        return EXIT_OK
+    if command == "start-dockerd":
+        if lab.start_dockerd(sub["node"]):
+            out.write("started dockerd on %s\n" % (sub["node"],))
+        else:
+            out.write("dockerd on %s was running\n" % (sub["node"],))
+        return EXIT_OK
+    if command == "restart-zfs":
+        lab.restart_zfs()
+        out.write("zfs-fuse restarted\n")
         return EXIT_OK
     if command in _FAILURES:
         node = sub["node"]

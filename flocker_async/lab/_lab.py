@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
@@ -50,7 +51,8 @@ from ._system import (
     process_start_time, require_commands, run, system_env, unmount_all,
 )
 from ._zfs import (
-    destroy_pool, ensure_pool, ensure_zfs_daemon, pools, restart_if_wedged)
+    destroy_pool, ensure_pool, ensure_zfs_daemon, pools, restart_if_wedged,
+    restart_zfs_daemon)
 from .images import (
     BUSYBOX_CHANGES, BUSYBOX_IMAGE, DEFAULT_CACHE_DIR, MARIADB_CHANGES, MARIADB_IMAGE,
     busybox_tarball, mariadb_tarball,
@@ -360,6 +362,10 @@ class Lab:
         # at once could otherwise choose the same one.
         self.lock_file = lock_file
         self._children: Dict[int, "subprocess.Popen[bytes]"] = {}
+        # The state file is read, changed and written back: threads that
+        # work on different nodes at once (the soak's) must not lose each
+        # other's changes.
+        self._state_lock = threading.RLock()
         self._log_offsets: Dict[str, Dict[str, int]] = {}
 
     def __repr__(self) -> str:
@@ -727,11 +733,12 @@ class Lab:
         return None
 
     def _record_daemon(self, node: LabNode, record: Optional[dict]) -> None:
-        state = self._read_state()
-        for entry in state.get("nodes", []):
-            if entry["name"] == node.name:
-                entry["daemon"] = record
-        self._write_state(state)
+        with self._state_lock:
+            state = self._read_state()
+            for entry in state.get("nodes", []):
+                if entry["name"] == node.name:
+                    entry["daemon"] = record
+            self._write_state(state)
 
     def daemon_running(self, node) -> bool:
         return self._daemon_pid(self.node(node)) is not None
@@ -853,6 +860,65 @@ class Lab:
         self._record_daemon(node, None)
         return True
 
+    def dockerd_pid(self, node) -> Optional[int]:
+        """The pid of ``node``'s dockerd if it runs (answering or not)."""
+        node = self.node(node)
+        try:
+            with open(node.dockerd.pidfile) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+        if alive(pid) and node.dockerd.pidfile in cmdline(pid):
+            return pid
+        return None
+
+    def kill_dockerd(self, node) -> bool:
+        """
+        SIGKILL ``node``'s dockerd, as a crash would: its containerd goes
+        with it (dockerd starts it with a parent-death signal), the
+        containers' shims and processes keep running until ``start_dockerd``.
+        False if it was not running.
+        """
+        require_root()
+        node = self.node(node)
+        self._refuse_powered_off(node, "nothing runs on it, its dockerd neither")
+        pid = self.dockerd_pid(node)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return True
+
+    def start_dockerd(self, node) -> bool:
+        """
+        Start ``node``'s dockerd unless it runs and answers, as systemd
+        would after a crash: what the old one left (its containers, their
+        shims, its mounts) is removed first, sparing flocker-node and every
+        process it started.  True if it was started.
+        """
+        require_root()
+        node = self.node(node)
+        self._refuse_powered_off(node, "'flocker-lab power-on %s' starts it"
+                                 % (node.name,))
+        if dockerd_running(node.dockerd):
+            return False
+        daemon = self._daemon_pid(node)
+        spare = {daemon} | descendants([daemon]) if daemon else set()
+        start_dockerd(node.dockerd, _gateway_cidr(node.bridge), spare=sorted(spare))
+        return True
+
+    def restart_zfs(self) -> None:
+        """
+        Restart the machine's zfs-fuse now (every lab's pools, any other
+        user's too): file systems in use meanwhile fail, and are mounted
+        again before this returns.  For the soak; ``up``, ``power_off``
+        and ``power_on`` restart it only when it stopped answering.
+        """
+        require_root()
+        restart_zfs_daemon(progress=self.progress)
+
     # --- failures: power and partitions ---------------------------------------------
 
     def _refuse_powered_off(self, node: LabNode, why: str) -> None:
@@ -861,11 +927,12 @@ class Lab:
 
     def _record(self, node: LabNode, **fields) -> dict:
         """Set ``fields`` in ``node``'s entry; returns the entry as it was."""
-        state = self._read_state()
-        entry = self._entry(state, node)
-        before = dict(entry)
-        entry.update(fields)
-        self._write_state(state)
+        with self._state_lock:
+            state = self._read_state()
+            entry = self._entry(state, node)
+            before = dict(entry)
+            entry.update(fields)
+            self._write_state(state)
         return before
 
     def power_off(self, node) -> List[str]:

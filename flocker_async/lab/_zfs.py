@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from ._system import (
 
 __all__ = ["ensure_zfs_daemon", "pools", "ensure_pool", "destroy_pool",
            "zfs_fuse_mounts", "unanswered", "restart_if_wedged", "mount_lock",
+           "restart_zfs_daemon",
            "DEFAULT_POOL_SIZE"]
 
 DEFAULT_POOL_SIZE = 4 << 30  # sparse: costs only what is written
@@ -113,7 +115,8 @@ def unanswered(mountpoints, timeout: float = 20.0) -> List[str]:
 def restart_if_wedged(timeout: float = 20.0, progress=None,
                       start_timeout: float = 60.0) -> bool:
     """
-    Restart zfs-fuse if it has stopped serving file requests; True if it did.
+    Restart zfs-fuse if it has stopped serving file requests, or start it
+    if it is not running at all; True if it did.
 
     zfs-fuse serves every pool's file requests from one shared set of
     threads.  Seen on these machines, after containers were killed in the
@@ -124,13 +127,31 @@ def restart_if_wedged(timeout: float = 20.0, progress=None,
     stuck requests (their callers get an error), and it imports its pools
     and mounts their file systems again.
     """
+    say = progress or (lambda message: None)
+    if not _zfs_fuse_pids() and shutil.which("zfs-fuse", path=system_env()["PATH"]):
+        # Dead rather than wedged (it has segfaulted under load here): its
+        # mounts fail at once instead of hanging, so ask no file system.
+        say("zfs-fuse is not running (did it crash?); starting it")
+        restart_zfs_daemon(progress=progress, start_timeout=start_timeout)
+        return True
     mounts = zfs_fuse_mounts()
     silent = unanswered(mounts, timeout)
     if not silent:
         return False
-    say = progress or (lambda message: None)
     say("zfs-fuse does not answer file requests on %s; restarting it"
         % (", ".join(silent),))
+    restart_zfs_daemon(progress=progress, start_timeout=start_timeout)
+    return True
+
+
+def restart_zfs_daemon(progress=None, start_timeout: float = 60.0) -> None:
+    """
+    Restart zfs-fuse now, answering or not (``restart_if_wedged`` does it
+    when it stopped answering; the soak does it as a fault): SIGKILL it,
+    unmount its dead mounts, start it and mount every file system again.
+    Whatever used one of them meanwhile gets an error.
+    """
+    say = progress or (lambda message: None)
     pids = _zfs_fuse_pids()
     kill_all(pids, timeout=start_timeout)
     # It holds its single-instance lock until its last thread is gone,
@@ -159,7 +180,6 @@ def restart_if_wedged(timeout: float = 20.0, progress=None,
                        "file requests on %s" % (", ".join(still),))
     say("zfs-fuse restarted; it serves %d file systems again"
         % (len(zfs_fuse_mounts()),))
-    return True
 
 
 def _zfs_fuse_pids() -> List[int]:
