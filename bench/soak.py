@@ -119,8 +119,11 @@ def main(argv) -> int:
     options = parse_args(argv)
     schedule = plan(options.seed, options.duration, options.exclude)
     if options.schedule_only:
-        for line in schedule.lines():
-            print(line)
+        try:
+            for line in schedule.lines():
+                print(line)
+        except BrokenPipeError:  # | head
+            pass
         return 0
     require_root("bench/soak.py")
     from flocker_async.lab import Lab
