@@ -27,6 +27,9 @@ _Waiter = Tuple[Deferred, IDelayedCall, float]
 
 # Snapshots a replica keeps after each receive (only generated ones count).
 REPLICA_SNAPSHOTS = 3
+# "Not read yet" for ``Handoffs._check_caller``'s copy (None means none).
+_UNREAD = object()
+
 # How long a push from a newer owner waits for this node to set aside its
 # own stale copy of the volume before it is refused.
 YIELD_WAIT = 60.0
@@ -123,14 +126,15 @@ class Handoffs:
 
     async def _check_caller(self, volume: VolumeName, caller: Optional[str],
                             what: str, owner: Optional[str] = None,
-                            epoch: Optional[int] = None):
+                            epoch: Optional[int] = None, current=_UNREAD):
         """This node's copy of ``volume`` (None if none), once ``caller``
         may ``what`` it (see ``ownership_refusal``), else ChangeFailed.
         A refusal is kept up to ``DOWN_WAIT`` seconds, in case this node
         is about to learn a deployment that declares the owner down."""
         deadline = self.clock.seconds() + DOWN_WAIT
         while True:
-            current = await self._current(volume)
+            if current is _UNREAD:
+                current = await self._current(volume)
             why = ownership_refusal(self.hostname, current, caller, self.down,
                                     what, owner, epoch)
             if why is None:
@@ -139,6 +143,7 @@ class Handoffs:
                 log.warn("{why}", why=why)
                 raise ChangeFailed(why)
             await sleep(self.clock, 0.2)
+            current = _UNREAD
 
     def note_activity(self, name: str) -> None:
         """A peer is pushing or handing ``name`` over: keep waiting."""
@@ -200,8 +205,6 @@ class Handoffs:
     async def _acquire(self, name: str, context, epoch: Optional[int],
                        caller: Optional[str]) -> None:
         volume = VolumeName(name)
-        if await self._current(volume) is None:
-            raise VolumeNotFound(volume)
         current = await self._check_caller(volume, caller, "acquire")
         if current is None:
             raise VolumeNotFound(volume)
@@ -249,7 +252,7 @@ class Handoffs:
                     "longer owns it" % (name, epoch, current.epoch, current.owner))
             if not replace:
                 current = await self._check_caller(
-                    volume, caller, "push an increment into", owner, epoch)
+                    volume, caller, "push an increment into", owner, epoch, current)
             elif current is not None:
                 context.emit("replace-replica", name)
             stream = self.pool.receive(volume, replace=replace)

@@ -31,6 +31,7 @@ from flocker_async.lab import Lab
 from flocker_async.lab._lab import CONVERGENCE_INTERVAL
 
 from . import take_turns
+from tests.acceptance.test_failover import deployment
 from tests.acceptance.test_move import HTTP_APP
 
 PREFIX = "flsr-"
@@ -54,17 +55,6 @@ def shared_lab() -> Lab:
         lab.up(nodes=3)
         _LAB["lab"] = lab
     return _LAB["lab"]
-
-
-def deployment(placement, standby=None):
-    lines = ["version: 1", "nodes:"]
-    for address, apps in placement:
-        lines.append('  "%s": [%s]' % (address, ", ".join(apps)))
-    if standby:
-        lines.append("standby:")
-        for app, nodes in standby.items():
-            lines.append('  %s: [%s]' % (app, ", ".join('"%s"' % n for n in nodes)))
-    return "\n".join(lines) + "\n"
 
 
 # A second application, replicated every second.
